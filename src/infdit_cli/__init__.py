@@ -1,0 +1,3 @@
+"""infdit: the Inf-DiT ultra-high-resolution upscaler."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""The Inf-DiT transformer: patch embedding, conditioning, UniBA layers, output head.
+
+The network works on grids of 128-px blocks. `run_blocks` processes any rectangular group of
+blocks given a `Neighbourhood` that supplies the keys/values of the blocks above and to the
+left; `forward` is the whole-image path (one group covering the image, replicate padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from infdit_cli.config import ModelConfig
+from infdit_cli.model.layers import (
+    CrossLRAttention,
+    FinalLayer,
+    TimestepEmbedder,
+    UniBALayer,
+    VectorEmbedder,
+    fan_in_normal_,
+)
+from infdit_cli.model.rope import block_rope
+from infdit_cli.model.uniba import Neighbourhood, WholeImage
+
+
+@dataclass
+class Conditioning:
+    """Per-call modulations: functions of sigma and the CLIP vector only, computed once per call."""
+
+    layers: list[Tensor]  # [B, 4C] each
+    final: Tensor  # [B, 2C]
+
+
+class InfDiT(nn.Module):
+    """Pixel-space diffusion transformer for super-resolution with UniBA attention."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, p = config.hidden_size, config.patch_size
+        self.patch_embed = nn.Conv2d(config.in_channels, c, p, p)
+        self.t_embed = TimestepEmbedder(config.time_channels, c)
+        self.clip_embed = VectorEmbedder(config.vector_dim, c) if config.vector_dim else None
+        self.blocks = nn.ModuleList(UniBALayer(config) for _ in range(config.num_layers))
+        self.cross_lr = CrossLRAttention(config) if config.cross_lr else None
+        self.final = FinalLayer(config)
+
+    # -- conditioning -------------------------------------------------------------------------
+    def condition(self, c_noise: Tensor, vector: Tensor | None = None) -> Conditioning:
+        """Modulations for every layer from c_noise [B] and the CLIP vector [B, vector_dim]."""
+        dtype = self.patch_embed.weight.dtype
+        c = self.t_embed(c_noise.to(dtype))
+        if self.clip_embed is not None:
+            if vector is None:
+                raise ValueError("this model is conditioned on a CLIP image embedding; none was given")
+            c = c + self.clip_embed(vector.to(dtype))
+        # The released model applies SiLU to the sum and again inside every adaLN branch.
+        cond = F.silu(F.silu(c))
+        return Conditioning([blk.modulation(cond) for blk in self.blocks], self.final.adaln(cond))
+
+    # -- block grids --------------------------------------------------------------------------
+    def embed(self, net_in: Tensor) -> Tensor:
+        """[B, 2·3, h, w] pixels of a block grid -> tokens [B, X, Y, T, C], block-major."""
+        t = self.config.block_tokens
+        tok = self.patch_embed(net_in.to(self.patch_embed.weight.dtype))  # [B, C, X·t, Y·t]
+        b, c, ht, wt = tok.shape
+        tok = tok.view(b, c, ht // t, t, wt // t, t).permute(0, 2, 4, 3, 5, 1)
+        return tok.reshape(b, ht // t, wt // t, t * t, c)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        """Output-head tokens [B, X, Y, T, p·p·3] -> pixels [B, 3, X·128, Y·128]."""
+        t, p, ch = self.config.block_tokens, self.config.patch_size, self.config.image_channels
+        b, nx, ny = x.shape[:3]
+        x = x.view(b, nx, ny, t, t, p, p, ch).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return x.reshape(b, ch, nx * t * p, ny * t * p)
+
+    def run_blocks(
+        self, net_in: Tensor, cond: Conditioning, block_rows: range, block_cols: range,
+        neighbourhood: Neighbourhood, lr: Tensor | None = None, token_offset: tuple[int, int] = (0, 0),
+    ) -> Tensor:
+        """Network output F for one group of blocks.
+
+        net_in: the c_in-scaled [noisy, upsampled-LR] pixels of exactly these blocks.
+        lr: the whole LR image (only the group's windows are read). block_rows/cols: the group's
+        global block indices, which fix its RoPE positions and LR windows.
+        """
+        cfg = self.config
+        x = self.embed(net_in)
+        cos, sin = block_rope(block_rows, block_cols, cfg.block_tokens, cfg.head_dim, cfg.rope_theta,
+                              cfg.rope_table, token_offset, device=x.device)
+        windows = None
+        if self.cross_lr is not None:
+            if lr is None:
+                raise ValueError("this model has nearby-LR cross attention; the LR image is required")
+            windows = self.cross_lr.windows(lr, block_rows, block_cols)
+        for i, blk in enumerate(self.blocks):
+            cross = self.cross_lr if i == 0 else None
+            x = blk(x, cond.layers[i], cos, sin, i, neighbourhood, cross, windows if i == 0 else None)
+        return self.unembed(self.final(x, cond.final))
+
+    def forward(
+        self, net_in: Tensor, c_noise: Tensor, vector: Tensor | None = None, lr: Tensor | None = None,
+        token_offset: tuple[int, int] = (0, 0),
+    ) -> Tensor:
+        """Whole-image UniBA: every block at once with replicate padding (training and reference)."""
+        bs = self.config.block_size
+        h, w = net_in.shape[-2:]
+        if h % bs or w % bs:
+            raise ValueError(f"image size {w}x{h} is not a multiple of the block size {bs}")
+        cond = self.condition(c_noise, vector)
+        return self.run_blocks(net_in, cond, range(h // bs), range(w // bs), WholeImage(), lr, token_offset)
+
+    def init_random(self, seed: int = 0) -> InfDiT:
+        """Overwrite every parameter with seeded noise so that every path contributes (tests, benchmarks)."""
+        fan_in_normal_(self, torch.Generator().manual_seed(seed))
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

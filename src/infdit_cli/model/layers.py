@@ -138,12 +138,24 @@ class CrossLRAttention(nn.Module):
         r0, r1 = (block_rows.start - 1) * lb, (block_rows.stop + 1) * lb
         c0, c1 = (block_cols.start - 1) * lb, (block_cols.stop + 1) * lb
         crop = lr[:, :, max(r0, 0): min(r1, h_lr), max(c0, 0): min(c1, w_lr)]
-        feats = self.proj_lr(crop.to(self.proj_lr.weight.dtype))
+        feats = self._project(crop.to(self.proj_lr.weight.dtype))
         p = self.proj_lr.stride[0]
         pad = ((max(c0, 0) - c0) // p, (c1 - min(c1, w_lr)) // p, (max(r0, 0) - r0) // p, (r1 - min(r1, h_lr)) // p)
         feats = F.pad(feats, pad)  # zero padding after the convolution, as nn.Unfold does
         win = feats.unfold(2, 3 * lt, lt).unfold(3, 3 * lt, lt)  # [B, C, X, Y, 3lt, 3lt]
         return win.permute(0, 2, 3, 4, 5, 1).flatten(3, 4)
+
+    def _project(self, lr: Tensor) -> Tensor:
+        """proj_lr (a stride-p convolution) as a matmul over p×p patches.
+
+        Equal to the convolution, but each output depends only on its own patch whatever the
+        crop size, so streamed groups of any size give bitwise the same features.
+        """
+        p = self.proj_lr.stride[0]
+        b, ch, h, w = lr.shape
+        patches = lr.view(b, ch, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).flatten(3)
+        out = F.linear(patches, self.proj_lr.weight.flatten(1), self.proj_lr.bias)
+        return out.permute(0, 3, 1, 2)
 
     def forward(self, h: Tensor, windows: Tensor) -> Tensor:
         b, nx, ny, t, c = h.shape

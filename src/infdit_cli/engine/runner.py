@@ -1,0 +1,150 @@
+"""Network calls over a whole image: the streamed engine and the whole-image reference.
+
+Both are `NetworkCall`s, (c_in-scaled input, c_noise) -> raw network output F, with the LR
+image and CLIP vector bound, so the EDM denoiser and the samplers never see how blocks are run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from infdit_cli.config import ModelConfig
+from infdit_cli.engine.stream import StreamNeighbourhood
+from infdit_cli.model.network import InfDiT
+from infdit_cli.model.uniba import WholeImage
+
+
+@dataclass
+class EngineStats:
+    """What the engine did, for `--verbose` and `infdit bench`."""
+
+    calls: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+    peak_kv_bytes: int = 0
+    peak_device_bytes: int = 0  # CUDA: max_memory_allocated during the calls
+    block_batch: int = 0
+    oom_retries: int = 0
+    block_batches_used: list[int] = field(default_factory=list)
+
+
+def flops_per_call(config: ModelConfig, grid: tuple[int, int]) -> float:
+    """Multiply-add FLOPs (×2) of one network call on an X×Y block grid."""
+    rows, cols = grid
+    blocks = rows * cols
+    t = config.block_tokens**2
+    c, m = config.hidden_size, config.mlp_hidden
+    per_token_layer = 2 * (4 * c * c + 2 * c * m + c * 4 * c // 4) + 2 * 2 * 4 * t * c
+    per_token_layer -= 2 * c * c  # adaLN is per call, not per token (counted once below)
+    total = blocks * t * config.num_layers * per_token_layer
+    total += blocks * t * 2 * (config.in_channels * config.patch_size**2 * c
+                               + c * config.patch_size**2 * config.image_channels)
+    if config.cross_lr:
+        w = (3 * config.lr_block_tokens) ** 2
+        total += blocks * (t * 2 * 2 * c * c + w * 2 * 2 * c * c + 2 * 2 * t * w * c)
+    return float(total)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _RunnerBase:
+    def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None,
+                 token_offset: tuple[int, int] = (0, 0)) -> None:
+        self.net = net
+        self.lr = lr
+        self.vector = vector
+        self.token_offset = token_offset
+        self.stats = EngineStats()
+
+    def _grid(self, net_in: Tensor) -> tuple[int, int]:
+        bs = self.net.config.block_size
+        h, w = net_in.shape[-2:]
+        if h % bs or w % bs:
+            raise ValueError(f"image size {w}x{h} is not a multiple of the block size {bs}")
+        return h // bs, w // bs
+
+    def _record(self, grid: tuple[int, int], start: float, device: torch.device) -> None:
+        _sync(device)
+        self.stats.calls += 1
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.tokens += grid[0] * grid[1] * self.net.config.block_tokens**2
+        self.stats.flops += flops_per_call(self.net.config, grid)
+        if device.type == "cuda":
+            self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, torch.cuda.max_memory_allocated(device))
+
+
+class WholeImageRunner(_RunnerBase):
+    """Every block in one forward (the paper's Appendix A form): memory grows with the area."""
+
+    @torch.no_grad()
+    def __call__(self, net_in: Tensor, c_noise: Tensor) -> Tensor:
+        grid = self._grid(net_in)
+        start = time.perf_counter()
+        cond = self.net.condition(c_noise, self.vector)
+        out = self.net.run_blocks(net_in, cond, range(grid[0]), range(grid[1]), WholeImage(), self.lr,
+                                  self.token_offset)
+        self._record(grid, start, net_in.device)
+        return out
+
+
+class StreamedRunner(_RunnerBase):
+    """n×n block groups in raster order with a discard-as-you-go KV band (see engine/stream.py).
+
+    On a CUDA out-of-memory error the call is rerun with a smaller n; the result does not depend on n.
+    """
+
+    def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None, block_batch: int,
+                 token_offset: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(net, lr, vector, token_offset)
+        if block_batch < 1:
+            raise ValueError("block batch must be at least 1")
+        self.block_batch = block_batch
+        self.stats.block_batch = block_batch
+
+    @torch.no_grad()
+    def __call__(self, net_in: Tensor, c_noise: Tensor) -> Tensor:
+        grid = self._grid(net_in)
+        start = time.perf_counter()
+        while True:
+            try:
+                out = self._stream(net_in, c_noise, grid, self.block_batch)
+                break
+            except torch.cuda.OutOfMemoryError:
+                if self.block_batch == 1:
+                    raise
+                self.block_batch = max(1, self.block_batch // 2)
+                self.stats.oom_retries += 1
+                self.stats.block_batch = self.block_batch
+                torch.cuda.empty_cache()
+        self.stats.block_batches_used.append(self.block_batch)
+        self._record(grid, start, net_in.device)
+        return out
+
+    def _stream(self, net_in: Tensor, c_noise: Tensor, grid: tuple[int, int], n: int) -> Tensor:
+        cfg = self.net.config
+        bs = cfg.block_size
+        rows, cols = grid
+        cond = self.net.condition(c_noise, self.vector)
+        out = torch.empty(net_in.shape[0], cfg.image_channels, *net_in.shape[-2:], device=net_in.device,
+                          dtype=net_in.dtype)
+        nbh = StreamNeighbourhood(cfg.num_layers, cols)
+        group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
+        for gi in range(group_rows):
+            r = range(gi * n, min(rows, (gi + 1) * n))
+            for gj in range(group_cols):
+                c = range(gj * n, min(cols, (gj + 1) * n))
+                nbh.begin_group(r, c, last_row=gi == group_rows - 1, last_col=gj == group_cols - 1)
+                region = net_in[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs]
+                f = self.net.run_blocks(region, cond, r, c, nbh, self.lr, self.token_offset)
+                out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = f
+        self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, nbh.peak_cached_bytes)
+        return out

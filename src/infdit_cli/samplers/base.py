@@ -1,0 +1,171 @@
+"""The sampler plugin protocol (api_version 1) and the bookkeeping every sampler shares.
+
+A sampler is a class named by an ``infdit.samplers`` entry point and built as ``cls(options)``. It owns
+the step loop; the schedule (``sigmas``), the denoiser and the noise come from the caller, so a solver
+never decides discretisation, model precision or randomness (the streaming engine seeds noise per
+block, which is why samplers must never call ``torch.randn`` themselves).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+API_VERSION = 1
+
+# D(x, sigma) -> estimate of the clean image; sigma arrives as a 0-d tensor in the arithmetic dtype.
+Denoiser = Callable[[Tensor, Tensor | float], Tensor]
+# noise(step_index) -> fresh N(0, 1) tensor shaped like x.
+NoiseFn = Callable[[int], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Solver options shared by all samplers (EDM Algorithm 2 names).
+
+    ``arithmetic_dtype`` is the dtype of the sampler state and of its sigma values; bfloat16 rounds
+    the schedule and every update to bf16, which is what the released Inf-DiT sampler does.
+    """
+
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+    arithmetic_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if not self.s_churn >= 0:
+            raise ValueError(f"s_churn must be >= 0, got {self.s_churn}")
+        if not self.s_noise >= 0:
+            raise ValueError(f"s_noise must be >= 0, got {self.s_noise}")
+        if not self.s_tmin <= self.s_tmax:
+            raise ValueError(f"s_tmin ({self.s_tmin}) must not exceed s_tmax ({self.s_tmax})")
+        if not (isinstance(self.arithmetic_dtype, torch.dtype) and self.arithmetic_dtype.is_floating_point):
+            raise ValueError(f"arithmetic_dtype must be a floating torch.dtype, got {self.arithmetic_dtype!r}")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a progress callback gets after each denoiser call (enough for an exact progress bar)."""
+
+    step: int  # 0-based index of the step the call belongs to
+    num_steps: int
+    nfe: int  # denoiser calls done so far, this one included
+    total_nfe: int
+    sigma: float  # noise level the denoiser was just called at
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Structural protocol; plugins need not inherit from anything in this package."""
+
+    name: str
+    api_version: int
+
+    def nfe(self, num_steps: int) -> int: ...
+
+    def sample(
+        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
+    ) -> Tensor: ...
+
+
+def check_num_steps(num_steps: int) -> int:
+    """Reject step counts that no schedule can have, with one message for every sampler."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    return num_steps
+
+
+def churn_gamma(options: SamplerOptions, sigma: float, num_steps: int) -> float:
+    """EDM's gamma_i: extra noise fraction, capped at sqrt(2) - 1, only inside [s_tmin, s_tmax]."""
+    if options.s_churn <= 0 or not options.s_tmin <= sigma <= options.s_tmax:
+        return 0.0
+    return min(options.s_churn / num_steps, math.sqrt(2.0) - 1.0)
+
+
+class SamplingRun:
+    """State of one ``sample`` call: dtype casting, sigma tensors, NFE counting and the callback.
+
+    Sigmas are kept as 0-d tensors on x's device in the arithmetic dtype, so that updates round
+    exactly like the official tensor code (bf16 included); ``values`` holds the same rounded numbers
+    as Python floats for control flow without device syncs.
+    """
+
+    def __init__(
+        self, sampler: Sampler, options: SamplerOptions, denoiser: Denoiser, x: Tensor, sigmas: Tensor,
+        callback: StepCallback | None,
+    ) -> None:
+        if sigmas.ndim != 1 or sigmas.numel() < 2:
+            raise ValueError(f"sigmas must be a 1-D schedule with at least 2 values, got shape {tuple(sigmas.shape)}")
+        self.dtype = options.arithmetic_dtype
+        self.out_dtype = x.dtype
+        self.options = options
+        self.sigmas = sigmas.detach().to(device=x.device, dtype=self.dtype)
+        self.values: list[float] = self.sigmas.cpu().tolist()
+        if self.values[-1] != 0 or not all(math.isfinite(v) and v > 0 for v in self.values[:-1]):
+            raise ValueError("sigmas must be finite and positive with a trailing 0")
+        self.num_steps = len(self.values) - 1
+        self.total_nfe = sampler.nfe(self.num_steps)
+        self.nfe = 0
+        self.denoiser = denoiser
+        self.callback = callback
+        self.x = x.detach().to(self.dtype)
+
+    def denoise(self, x: Tensor, sigma: Tensor, step: int) -> Tensor:
+        """One counted denoiser call; the result is cast to the arithmetic dtype."""
+        out = self.denoiser(x, sigma).to(self.dtype)
+        self.nfe += 1
+        if self.callback is not None:
+            self.callback(StepInfo(step, self.num_steps, self.nfe, self.total_nfe, float(sigma)))
+        return out
+
+    def churn(self, x: Tensor, step: int, noise: NoiseFn) -> tuple[Tensor, Tensor]:
+        """Return (x_hat, sigma_hat): x raised to sigma_hat = sigma·(1+gamma) with fresh noise."""
+        sigma = self.sigmas[step]
+        gamma = churn_gamma(self.options, self.values[step], self.num_steps)
+        if gamma == 0.0:
+            return x, sigma
+        sigma_hat = sigma * (gamma + 1.0)
+        eps = noise(step).to(device=x.device, dtype=self.dtype) * self.options.s_noise
+        if eps.shape != x.shape:
+            raise ValueError(f"noise({step}) has shape {tuple(eps.shape)}, expected {tuple(x.shape)}")
+        return x + eps * (sigma_hat**2 - sigma**2) ** 0.5, sigma_hat
+
+    def finish(self, x: Tensor) -> Tensor:
+        """Check the NFE promise (the CLI sizes its progress bar from it) and restore x's dtype."""
+        if self.nfe != self.total_nfe:
+            raise RuntimeError(f"sampler made {self.nfe} denoiser calls but nfe() promised {self.total_nfe}")
+        return x.to(self.out_dtype)
+
+
+class BaseSampler:
+    """Optional convenience base: stores options and declares the protocol attributes."""
+
+    name: ClassVar[str] = ""
+    api_version: ClassVar[int] = API_VERSION
+
+    def __init__(self, options: SamplerOptions | None = None) -> None:
+        self.options = options if options is not None else SamplerOptions()
+
+    def nfe(self, num_steps: int) -> int:
+        raise NotImplementedError
+
+    def sample(
+        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def start(self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None) -> SamplingRun:
+        """Validate the inputs and open the per-call bookkeeping."""
+        return SamplingRun(self, self.options, denoiser, x, sigmas, callback)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"

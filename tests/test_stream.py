@@ -1,0 +1,113 @@
+"""The streamed engine equals the whole-image path for every block batch, with a width-sized KV band."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from infdit_cli.config import preset
+from infdit_cli.engine import StreamedRunner, WholeImageRunner, block_noise, plan_block_batch
+from infdit_cli.engine.memory import estimate_memory, parse_size
+from infdit_cli.model import InfDiT
+from tests.conftest import rel_err
+
+
+def _inputs(cfg, rows: int, cols: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = rows * cfg.block_size, cols * cfg.block_size
+    net_in = torch.randn(1, 6, h, w, generator=g)
+    lr = torch.randn(1, 3, h // cfg.sr_scale, w // cfg.sr_scale, generator=g)
+    vector = torch.randn(1, cfg.vector_dim, generator=g) if cfg.vector_dim else None
+    return net_in, lr, vector, torch.tensor([0.1])
+
+
+@pytest.fixture(scope="module", params=["golden", "random"])
+def model(request, golden_model):
+    """The golden tiny weights, and a second random config (3 layers, no CLIP, 4 heads)."""
+    if request.param == "golden":
+        return golden_model
+    cfg = preset("tiny", num_layers=3, num_heads=4, hidden_size=64)
+    return InfDiT(cfg).init_random(7).eval()
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "block_batches"),
+    [(1, 1, [1, 2]), (1, 5, [1, 2, 3, 4]), (5, 1, [1, 2, 3, 4]), (3, 4, [1, 2, 3, 4]), (5, 7, [3])],
+)
+def test_streamed_equals_whole_image(model, rows, cols, block_batches):
+    net_in, lr, vector, c_noise = _inputs(model.config, rows, cols)
+    reference = WholeImageRunner(model, lr, vector)(net_in, c_noise)
+    for n in block_batches:
+        streamed = StreamedRunner(model, lr, vector, n)(net_in, c_noise)
+        assert rel_err(streamed, reference) <= 1e-5, f"{rows}x{cols} blocks, n={n}"
+
+
+def test_border_block_sees_four_copies_of_itself():
+    """Block (0, 0) of a larger image computes exactly what a one-block image does."""
+    model = InfDiT(preset("tiny")).init_random(1).eval()
+    net_in, lr, _, c_noise = _inputs(model.config, 2, 3)
+    bs = model.config.block_size
+    big = WholeImageRunner(model, lr, None)(net_in, c_noise)[..., :bs, :bs]
+    single = WholeImageRunner(model, lr[..., : bs // 4, : bs // 4], None)(net_in[..., :bs, :bs], c_noise)
+    # LR windows differ (the neighbours' LR is visible in the big image), so compare without cross-LR.
+    model_nolr = InfDiT(preset("tiny", cross_lr=False)).init_random(1).eval()
+    big = WholeImageRunner(model_nolr, None, None)(net_in, c_noise)[..., :bs, :bs]
+    single = WholeImageRunner(model_nolr, None, None)(net_in[..., :bs, :bs], c_noise)
+    assert torch.equal(big, single)
+
+
+def test_rope_positions_wrap_beyond_4096_px():
+    """33 blocks wide (4224 px): positions wrap % 1024 identically in both paths."""
+    cfg = preset("tiny", num_layers=1, cross_lr=False)
+    model = InfDiT(cfg).init_random(2).eval()
+    net_in, lr, _, c_noise = _inputs(cfg, 1, 33)
+    reference = WholeImageRunner(model, None, None)(net_in, c_noise)
+    streamed = StreamedRunner(model, None, None, 4)(net_in, c_noise)
+    assert rel_err(streamed, reference) <= 1e-5
+    # Block 32 starts at token column 1024 ≡ 0: with identical inputs it equals block 0's first column.
+    bs = cfg.block_size
+    tile = net_in[..., :bs, :bs]
+    same = torch.cat([tile] * 33, dim=-1)
+    out = StreamedRunner(model, None, None, 2)(same, c_noise)
+    assert not torch.equal(out[..., :bs, 31 * bs:32 * bs], out[..., :bs, :bs])
+    shifted = WholeImageRunner(model, None, None, token_offset=(0, 1024))(same, c_noise)
+    assert torch.equal(shifted, WholeImageRunner(model, None, None)(same, c_noise))
+
+
+def test_kv_band_flat_in_height_and_linear_in_width():
+    model = InfDiT(preset("tiny", cross_lr=False)).init_random(0).eval()
+
+    def band(rows: int, cols: int) -> int:
+        net_in, _, _, c_noise = _inputs(model.config, rows, cols)
+        runner = StreamedRunner(model, None, None, 1)
+        runner(net_in, c_noise)
+        return runner.stats.peak_kv_bytes
+
+    cfg = model.config
+    per_block = cfg.num_layers * 2 * cfg.block_tokens**2 * cfg.hidden_size * 4  # K and V, float32
+    assert band(3, 3) == band(6, 3) == band(12, 3)
+    # The band is one block-row across the image plus the left column and the corner.
+    assert band(3, 8) - band(3, 4) == 4 * per_block
+    assert band(3, 4) == (4 + 1 + 1) * per_block
+
+
+def test_block_noise_independent_of_layout():
+    a = block_noise(5, 2, (1, 3, 256, 384), 128)
+    b = block_noise(5, 2, (1, 3, 128, 128), 128)
+    assert torch.equal(a[..., :128, :128], b)
+    assert not torch.equal(block_noise(5, 3, (1, 3, 128, 128), 128), b)
+    assert not torch.equal(a[..., :128, 128:256], b)
+
+
+def test_planner_picks_larger_batches_with_more_memory():
+    cfg = preset("x4")
+    cpu = torch.device("cpu")
+    small = plan_block_batch(cfg, (32, 32), torch.bfloat16, cpu, max_memory=parse_size("12GB"))
+    big = plan_block_batch(cfg, (32, 32), torch.bfloat16, cpu, max_memory=parse_size("64GB"))
+    assert 1 <= small.block_batch < big.block_batch
+    assert small.estimated_bytes <= small.budget_bytes
+    # Height does not change the estimate; width does.
+    assert estimate_memory(cfg, (8, 16), 2, torch.bfloat16, "cuda") - estimate_memory(
+        cfg, (4, 16), 2, torch.bfloat16, "cuda") == 4 * 3 * 4 * 16 * 128 * 128 * 6
+    with pytest.raises(ValueError):
+        parse_size("lots")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -103,12 +104,13 @@ class StreamedRunner(_RunnerBase):
     """
 
     def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None, block_batch: int,
-                 token_offset: tuple[int, int] = (0, 0)) -> None:
+                 token_offset: tuple[int, int] = (0, 0), on_group: Callable[[int], None] | None = None) -> None:
         super().__init__(net, lr, vector, token_offset)
         if block_batch < 1:
             raise ValueError("block batch must be at least 1")
         self.block_batch = block_batch
         self.stats.block_batch = block_batch
+        self.on_group = on_group  # called with the number of blocks after each group (progress bars)
 
     @torch.no_grad()
     def __call__(self, net_in: Tensor, c_noise: Tensor) -> Tensor:
@@ -146,5 +148,7 @@ class StreamedRunner(_RunnerBase):
                 region = net_in[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs]
                 f = self.net.run_blocks(region, cond, r, c, nbh, self.lr, self.token_offset)
                 out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = f
+                if self.on_group is not None:
+                    self.on_group(len(r) * len(c))
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, nbh.peak_cached_bytes)
         return out

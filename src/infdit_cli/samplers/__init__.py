@@ -10,8 +10,8 @@ from infdit_cli.samplers.base import (
     SamplingRun,
     StepCallback,
     StepInfo,
-    churn_gamma,
     check_num_steps,
+    churn_gamma,
 )
 from infdit_cli.samplers.registry import (
     BUILTIN_ENTRY_POINTS,

@@ -100,7 +100,12 @@ class SamplingRun:
     """
 
     def __init__(
-        self, sampler: Sampler, options: SamplerOptions, denoiser: Denoiser, x: Tensor, sigmas: Tensor,
+        self,
+        sampler: Sampler,
+        options: SamplerOptions,
+        denoiser: Denoiser,
+        x: Tensor,
+        sigmas: Tensor,
         callback: StepCallback | None,
     ) -> None:
         if sigmas.ndim != 1 or sigmas.numel() < 2:

@@ -62,8 +62,11 @@ SCHEDULES: dict[str, Schedule] = {"karras": karras_sigmas, "exponential": expone
 
 
 def make_sigmas(
-    schedule: str = "karras", num_steps: int = DEFAULT_NUM_STEPS, sigma_min: float = DEFAULT_SIGMA_MIN,
-    sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = DEFAULT_RHO,
+    schedule: str = "karras",
+    num_steps: int = DEFAULT_NUM_STEPS,
+    sigma_min: float = DEFAULT_SIGMA_MIN,
+    sigma_max: float = DEFAULT_SIGMA_MAX,
+    rho: float = DEFAULT_RHO,
 ) -> Tensor:
     """Schedule by name, for CLI flags (``--steps/--sigma-min/--sigma-max/--rho``)."""
     try:

@@ -1,0 +1,184 @@
+"""The `infdit` command line: thin Typer commands over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infdit_cli import __version__, errors
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  help="Inf-DiT ultra-high-resolution image upscaler.")
+err = Console(stderr=True)
+out = Console()
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, if this build has one."""
+    folder = Path(str(resources.files("infdit_cli") / "assets" / "default-model"))
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one red line and exit 1; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.USER_ERRORS as exc:
+            raise fail(errors.one_line(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"infdit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Inf-DiT super-resolution: any size, memory that grows with the width, not the area."""
+
+
+def parse_dtype(name: str, device_type: str) -> Any:
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    if name not in table:
+        raise errors.UpscaleError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
+    return table[name]
+
+
+def pick_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise errors.UpscaleError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise errors.UpscaleError("--device mps: MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise errors.UpscaleError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@app.command("convert")
+@cli_errors
+def convert_command(
+    src: Annotated[Path, typer.Argument(help="Official mp_rank_00_model_states.pt (or a safetensors file with the official keys, or its folder).")],
+    dst: Annotated[Path, typer.Argument(help="Output model folder (or a .safetensors file).")],
+    dtype: Annotated[str, typer.Option(help="Keep the source dtype (keep) or cast: bf16, fp16, fp32.")] = "keep",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at DST.")] = False,
+) -> None:
+    """Convert the official Inf-DiT checkpoint into infdit's safetensors format (done once)."""
+    import torch
+
+    from infdit_cli.convert import convert_checkpoint
+
+    target = dst if dst.suffix == ".safetensors" else dst / "model.safetensors"
+    if target.exists() and not overwrite:
+        raise fail(f"{target} already exists (use --overwrite)")
+    casts = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if dtype not in casts:
+        raise fail(f"unknown dtype {dtype!r}; use keep, bf16, fp16 or fp32")
+    report = convert_checkpoint(src, dst, casts[dtype], log=lambda m: err.print(m, highlight=False))
+    cfg = report.config
+    err.print(f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
+              f"CLIP vector {cfg.vector_dim or 'off'}")
+    print(report.model_path)
+    if report.clip_path:
+        print(report.clip_path)
+
+
+@app.command("init-model")
+@cli_errors
+def init_model_command(
+    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="Preset architecture (x4, base, small, tiny, tiny-clip).")],
+    dst: Annotated[Path, typer.Argument(help="Output model folder (or .safetensors file).")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "fp32",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model.")] = False,
+) -> None:
+    """Write a random-initialised model of a preset (benchmarks, plugin tests, bug reports)."""
+    from infdit_cli.config import preset
+    from infdit_cli.model import InfDiT
+    from infdit_cli.weights import save_model
+
+    try:
+        config = preset(preset_name)
+    except KeyError as exc:
+        raise fail(errors.one_line(exc).strip("'\"")) from None
+    target = dst if dst.suffix == ".safetensors" else dst / "model.safetensors"
+    if target.exists() and not overwrite:
+        raise fail(f"{target} already exists (use --overwrite)")
+    model = InfDiT(config).init_random(seed).to(parse_dtype(dtype, "cpu"))
+    path = save_model(model, dst, {"random_init_seed": str(seed), "preset": preset_name})
+    err.print(f"{preset_name}: {model.num_parameters():,} parameters, random weights (seed {seed})")
+    print(path)
+
+
+@app.command("samplers")
+@cli_errors
+def samplers_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
+    steps: Annotated[int, typer.Option(help="Step count for the network-call column.")] = 20,
+) -> None:
+    """List every sampler plugin, built-in or third-party, with its package and cost."""
+    from infdit_cli.samplers import SamplerOptions, available_samplers, get_sampler
+
+    rows = []
+    for info in available_samplers():
+        nfe = None
+        if info.error is None:
+            nfe = get_sampler(info.name, SamplerOptions()).nfe(steps)
+        rows.append({"name": info.name, "package": info.dist, "version": info.version,
+                     "entry_point": info.value, "nfe": nfe, "error": info.error})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Samplers (network calls for {steps} steps)")
+    for col in ("name", "package", "version", "NFE", "status"):
+        table.add_column(col)
+    for r in rows:
+        status = "[green]ok[/]" if r["error"] is None else f"[red]error: {r['error']}[/]"
+        table.add_row(r["name"], r["package"] or "-", r["version"] or "-",
+                      "-" if r["nfe"] is None else str(r["nfe"]), status)
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        sys.exit(130)

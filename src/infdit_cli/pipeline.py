@@ -1,0 +1,188 @@
+"""One upscale end to end, as a function a Python user can call (the CLI is a thin shell over it).
+
+LR pixels in [0, 1] -> pad to whole blocks (reflect) -> CLIP embedding (+ prompt edit) ->
+bicubic LR + per-block noise -> sampler over the EDM denoiser, streamed block groups -> crop.
+×2 runs the ×4 model with a half-size LR for CLIP and cross attention (as released); ×8 and
+×16 are repeated passes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from infdit_cli.clip import ClipEncoder
+from infdit_cli.engine import EngineStats, MemoryPlan, StreamedRunner, block_noise, plan_block_batch
+from infdit_cli.model import EDMDenoiser, InfDiT
+from infdit_cli.preprocess import bicubic_resize, upsample_lr
+from infdit_cli.samplers import SamplerOptions, get_sampler, karras_sigmas
+
+SUPPORTED_SCALES = (2, 4, 8, 16)
+PASSES = {2: (2,), 4: (4,), 8: (4, 2), 16: (4, 4)}
+
+
+class UpscaleError(ValueError):
+    """Settings that cannot produce an image (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    scale: int = 4
+    steps: int = 20
+    sampler: str = "heun-edm"
+    sigma_min: float = 0.002
+    sigma_max: float = 40.0
+    rho: float = 7.0
+    churn: float = 0.0
+    seed: int = 0
+    block_batch: int | None = None  # None: planned from free memory
+    max_memory: int | None = None
+    prompt_pos: str | None = None
+    prompt_neg: str | None = None
+    prompt_scale: float = 2.0
+    sampler_dtype: torch.dtype = torch.float32
+
+    def validate(self) -> None:
+        if self.scale not in SUPPORTED_SCALES:
+            raise UpscaleError(f"unsupported scale {self.scale}; use one of {', '.join(map(str, SUPPORTED_SCALES))}")
+        if self.steps < 1:
+            raise UpscaleError(f"steps must be at least 1 (got {self.steps})")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise UpscaleError("need 0 < sigma-min < sigma-max")
+        if self.block_batch is not None and self.block_batch < 1:
+            raise UpscaleError("block batch must be at least 1")
+
+
+@dataclass
+class PassPlan:
+    factor: int
+    lr_size: tuple[int, int]  # (h, w) of this pass's input
+    grid: tuple[int, int]  # block rows, cols of the padded output
+    memory: MemoryPlan
+    nfe: int
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass
+class UpscaleResult:
+    image: Tensor  # [1, 3, H·s, W·s] in [0, 1], float32, CPU
+    passes: list[PassPlan]
+    stats: list[EngineStats] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pad_reflect(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad bottom/right to a multiple (reflect where possible, replicate beyond) and return the original size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    while ph or pw:  # reflect cannot pad more than size-1 at once
+        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
+        if sh == 0 and sw == 0:
+            return F.pad(x, (0, pw, 0, ph), mode="replicate"), (h, w)
+        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
+        ph, pw = ph - sh, pw - sw
+    return x, (h, w)
+
+
+class Upscaler:
+    """A loaded model (and CLIP when the model uses it) ready to upscale images."""
+
+    def __init__(self, model: InfDiT, clip: ClipEncoder | None = None, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.clip = clip
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def plan(self, lr_size: tuple[int, int], options: UpscaleOptions) -> list[PassPlan]:
+        """Block grid, block batch and network calls of every pass, before any compute."""
+        options.validate()
+        sampler = get_sampler(options.sampler, self._sampler_options(options))
+        plans, (h, w) = [], lr_size
+        bs = self.config.block_size
+        for factor in PASSES[options.scale]:
+            grid = (math.ceil(h * factor / bs), math.ceil(w * factor / bs))
+            if options.block_batch is not None:
+                n = options.block_batch
+                from infdit_cli.engine import estimate_memory
+
+                est = estimate_memory(self.config, grid, n, self.dtype, self.device.type, self.model.num_parameters())
+                memory = MemoryPlan(n, est, options.max_memory or est, True)
+            else:
+                memory = plan_block_batch(self.config, grid, self.dtype, self.device, options.max_memory,
+                                          self.model.num_parameters())
+            plans.append(PassPlan(factor, (h, w), grid, memory, sampler.nfe(options.steps)))
+            h, w = h * factor, w * factor
+        return plans
+
+    def _sampler_options(self, options: UpscaleOptions) -> SamplerOptions:
+        return SamplerOptions(s_churn=options.churn, arithmetic_dtype=options.sampler_dtype)
+
+    def condition_vector(self, lr: Tensor, options: UpscaleOptions) -> Tensor | None:
+        """CLIP image embedding of the LR in [-1, 1], with the optional text edit."""
+        wants_prompt = bool(options.prompt_pos or options.prompt_neg)
+        if not self.config.vector_dim:
+            if wants_prompt:
+                raise UpscaleError("this model is not conditioned on CLIP, so it cannot take text prompts")
+            return None
+        if self.clip is None:
+            raise UpscaleError("this model needs CLIP weights, but none were loaded")
+        emb = self.clip.image_embedding(lr)
+        if wants_prompt:
+            emb = self.clip.prompt_edit(emb, options.prompt_pos, options.prompt_neg, options.prompt_scale)
+        return emb.to(self.device)
+
+    def upscale(
+        self, image: Tensor, options: UpscaleOptions, on_blocks: Callable[[int], None] | None = None,
+    ) -> UpscaleResult:
+        """image: [1, 3, h, w] in [0, 1]. on_blocks(n) is called as blocks finish (for progress)."""
+        options.validate()
+        plans = self.plan(tuple(image.shape[-2:]), options)
+        start = time.perf_counter()
+        x = image.float()
+        stats = []
+        for index, plan in enumerate(plans):
+            x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks)
+            stats.append(st)
+        return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, seed_offset: int,
+                  on_blocks: Callable[[int], None] | None) -> tuple[Tensor, EngineStats]:
+        f, cfg, dev = plan.factor, self.config, self.device
+        lr = image01.to(dev) * 2 - 1
+        lr_pad, (h, w) = pad_reflect(lr, cfg.block_size // f)
+        lr_up = upsample_lr(lr_pad, f)
+        if f == cfg.sr_scale:
+            model_lr, clip_lr = lr_pad, lr
+        else:  # ×2 with the ×4 model: CLIP and cross attention see the LR at half size
+            model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] * f // cfg.sr_scale, lr_pad.shape[-1] * f // cfg.sr_scale))
+            clip_lr = bicubic_resize(lr, (max(1, h * f // cfg.sr_scale), max(1, w * f // cfg.sr_scale)))
+        vector = self.condition_vector(clip_lr, options)
+        runner = StreamedRunner(self.model, model_lr.to(self.dtype) if cfg.cross_lr else None,
+                                vector, plan.memory.block_batch, on_group=on_blocks)
+        denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
+        sampler = get_sampler(options.sampler, self._sampler_options(options))
+        sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho).to(dev)
+        seed = options.seed + 1_000_003 * seed_offset
+        shape = tuple(lr_up.shape)
+
+        def noise(step: int) -> Tensor:
+            return block_noise(seed, step + 1, shape, cfg.block_size, dev)
+
+        x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, cfg.block_size, dev)
+        out = sampler.sample(denoiser, x0, sigmas, noise)
+        out = out.float()[..., : h * f, : w * f]
+        return ((out + 1) / 2).clamp(0, 1), runner.stats

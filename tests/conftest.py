@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Tests never reach the hub: huggingface_hub reads this once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from pathlib import Path
 
 import pytest

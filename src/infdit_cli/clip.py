@@ -140,6 +140,7 @@ def _hub_file(text: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id, CLIP_HUB_FILE, revision=revision or None))
     except LocalEntryNotFoundError:
-        raise ModelError(f"CLIP weights {text!r} are not in the local hub cache and the hub cannot be reached") from None
+        raise ModelError(
+            f"CLIP weights {text!r} are not in the local hub cache and the hub cannot be reached") from None
     except Exception as exc:  # hub errors are many; the user needs one line
         raise ModelError(f"CLIP weights {text!r}: {str(exc).splitlines()[0]}") from None

@@ -168,8 +168,9 @@ class Upscaler:
         if f == cfg.sr_scale:
             model_lr, clip_lr = lr_pad, lr
         else:  # ×2 with the ×4 model: CLIP and cross attention see the LR at half size
-            model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] * f // cfg.sr_scale, lr_pad.shape[-1] * f // cfg.sr_scale))
-            clip_lr = bicubic_resize(lr, (max(1, h * f // cfg.sr_scale), max(1, w * f // cfg.sr_scale)))
+            ratio = cfg.sr_scale // f
+            model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] // ratio, lr_pad.shape[-1] // ratio))
+            clip_lr = bicubic_resize(lr, (max(1, h // ratio), max(1, w // ratio)))
         vector = self.condition_vector(clip_lr, options)
         runner = StreamedRunner(self.model, model_lr.to(self.dtype) if cfg.cross_lr else None,
                                 vector, plan.memory.block_batch, on_group=on_blocks)
@@ -186,3 +187,21 @@ class Upscaler:
         out = sampler.sample(denoiser, x0, sigmas, noise)
         out = out.float()[..., : h * f, : w * f]
         return ((out + 1) / 2).clamp(0, 1), runner.stats
+
+
+def load_upscaler(
+    model_source: str, device: torch.device, dtype: torch.dtype | None = None, clip_source: str | None = None,
+    need_text: bool = False,
+) -> Upscaler:
+    """Resolve a model (local or hub), load it, and load CLIP only when the model is conditioned on it."""
+    from infdit_cli.clip import load_clip
+    from infdit_cli.weights import load_model, resolve_model
+
+    files = resolve_model(model_source)
+    model = load_model(files.weights, device=device, dtype=dtype)
+    clip = None
+    if model.config.vector_dim:
+        clip = load_clip(files.clip, clip_source, need_text=need_text, device=device)
+    elif need_text:
+        raise UpscaleError("this model is not conditioned on CLIP, so it cannot take text prompts")
+    return Upscaler(model, clip, device)

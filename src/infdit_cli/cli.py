@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from infdit_cli import __version__, errors
+from infdit_cli.cli_common import cli_errors, err, fail, out, parse_dtype
+from infdit_cli.cli_upscale import upscale_command
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Inf-DiT ultra-high-resolution image upscaler.")
-err = Console(stderr=True)
-out = Console()
-
-
-def default_model_path() -> Path | None:
-    """The model shipped inside the package, if this build has one."""
-    folder = Path(str(resources.files("infdit_cli") / "assets" / "default-model"))
-    return folder if (folder / "model.safetensors").is_file() else None
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors become one red line and exit 1; Ctrl-C exits 130 without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except errors.USER_ERRORS as exc:
-            raise fail(errors.one_line(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-
-    return wrapper
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"infdit {__version__}")
@@ -62,39 +30,14 @@ def _root(
     """Inf-DiT super-resolution: any size, memory that grows with the width, not the area."""
 
 
-def parse_dtype(name: str, device_type: str) -> Any:
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name == "auto":
-        return torch.bfloat16 if device_type == "cuda" else torch.float32
-    if name not in table:
-        raise errors.UpscaleError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
-    return table[name]
-
-
-def pick_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise errors.UpscaleError("--device cuda: no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise errors.UpscaleError("--device mps: MPS is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise errors.UpscaleError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
+app.command("upscale")(upscale_command)
 
 
 @app.command("convert")
 @cli_errors
 def convert_command(
-    src: Annotated[Path, typer.Argument(help="Official mp_rank_00_model_states.pt (or a safetensors file with the official keys, or its folder).")],
+    src: Annotated[Path, typer.Argument(
+        help="Official mp_rank_00_model_states.pt (or its folder, or a safetensors file with the official keys).")],
     dst: Annotated[Path, typer.Argument(help="Output model folder (or a .safetensors file).")],
     dtype: Annotated[str, typer.Option(help="Keep the source dtype (keep) or cast: bf16, fp16, fp32.")] = "keep",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model at DST.")] = False,
@@ -122,7 +65,8 @@ def convert_command(
 @app.command("init-model")
 @cli_errors
 def init_model_command(
-    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="Preset architecture (x4, base, small, tiny, tiny-clip).")],
+    preset_name: Annotated[str, typer.Argument(
+        metavar="PRESET", help="Preset architecture (x4, base, small, tiny, tiny-clip).")],
     dst: Annotated[Path, typer.Argument(help="Output model folder (or .safetensors file).")],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "fp32",

@@ -227,8 +227,8 @@ def _load(path: Path, im: ImageFile.ImageFile) -> LoadedImage:
         notes.append(f"{n_frames} frames: only the first is upscaled")
     im.load()  # decode everything now: a truncated file must fail here, not be padded later
     info = dict(im.info)
-    exif = _clean_exif(im, notes)
     upright = ImageOps.exif_transpose(im)
+    exif = _clean_exif(im, notes)  # after the transpose: it edits the Exif object the transpose reads
     icc = info.get("icc_profile") or None
     xmp = upright.info.get("xmp", upright.info.get("XML:com.adobe.xmp"))
     if isinstance(xmp, str):
@@ -699,7 +699,7 @@ def _write_tiff(
     total = sum(len(s) for s in strips)
     if bigtiff is None:
         bigtiff = total + (1 << 24) > 2**32
-    header = b"II\x2b\x00\x08\x00\x00\x00" if bigtiff else b"II\x2a\x00\x00\x00\x00\x00"
+    header = b"II\x2b\x00\x08\x00\x00\x00\x10" + bytes(7) if bigtiff else b"II\x2a\x00\x00\x00\x00\x00"
     ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
 
     if meta.exif is not None:  # photo tags first: the layout tags below must win

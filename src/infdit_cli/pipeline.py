@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from infdit_cli.clip import ClipEncoder
-from infdit_cli.engine import EngineStats, MemoryPlan, StreamedRunner, block_noise, plan_block_batch
+from infdit_cli.engine import EngineStats, MemoryPlan, StreamedRunner, block_noise, estimate_memory, plan_block_batch
+from infdit_cli.imageio import pad_to_multiple
 from infdit_cli.model import EDMDenoiser, InfDiT
 from infdit_cli.preprocess import bicubic_resize, upsample_lr
 from infdit_cli.samplers import SamplerOptions, get_sampler, karras_sigmas
@@ -80,19 +80,6 @@ class UpscaleResult:
     seconds: float = 0.0
 
 
-def pad_reflect(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad bottom/right to a multiple (reflect where possible, replicate beyond) and return the original size."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    while ph or pw:  # reflect cannot pad more than size-1 at once
-        sh, sw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
-        if sh == 0 and sw == 0:
-            return F.pad(x, (0, pw, 0, ph), mode="replicate"), (h, w)
-        x = F.pad(x, (0, sw, 0, sh), mode="reflect")
-        ph, pw = ph - sh, pw - sw
-    return x, (h, w)
-
-
 class Upscaler:
     """A loaded model (and CLIP when the model uses it) ready to upscale images."""
 
@@ -116,8 +103,6 @@ class Upscaler:
             grid = (math.ceil(h * factor / bs), math.ceil(w * factor / bs))
             if options.block_batch is not None:
                 n = options.block_batch
-                from infdit_cli.engine import estimate_memory
-
                 est = estimate_memory(self.config, grid, n, self.dtype, self.device.type, self.model.num_parameters())
                 memory = MemoryPlan(n, est, options.max_memory or est, True)
             else:
@@ -163,7 +148,7 @@ class Upscaler:
                   on_blocks: Callable[[int], None] | None) -> tuple[Tensor, EngineStats]:
         f, cfg, dev = plan.factor, self.config, self.device
         lr = image01.to(dev) * 2 - 1
-        lr_pad, (h, w) = pad_reflect(lr, cfg.block_size // f)
+        lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f)
         lr_up = upsample_lr(lr_pad, f)
         if f == cfg.sr_scale:
             model_lr, clip_lr = lr_pad, lr

@@ -1,0 +1,72 @@
+"""What every `infdit` command shares: consoles, one-line errors, device and dtype choice."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from infdit_cli import errors
+
+err = Console(stderr=True)
+out = Console()
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, if this build has one."""
+    folder = Path(str(resources.files("infdit_cli") / "assets" / "default-model"))
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one red line and exit 1; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except errors.USER_ERRORS as exc:
+            raise fail(errors.one_line(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def parse_dtype(name: str, device_type: str) -> Any:
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    if name not in table:
+        raise errors.UpscaleError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
+    return table[name]
+
+
+def pick_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise errors.UpscaleError("--device cuda: no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise errors.UpscaleError("--device mps: MPS is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise errors.UpscaleError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)

@@ -1,0 +1,260 @@
+"""Which files `infdit upscale` reads and where it writes: input expansion, output naming, pre-flight checks.
+
+Everything here runs before any model is loaded, so a typo, a full-of-nothing folder or an
+existing output is reported in one line within milliseconds, not after minutes of compute.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from infdit_cli.imageio import READ_FORMATS, InputError, OutputError, check_output_size, output_format
+
+__all__ = [
+    "InputError", "OutputError", "image_extensions", "collect_inputs", "output_path", "plan_outputs",
+    "check_output", "check_output_size",
+]
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_OUTPUT_STEM = re.compile(r"(.+)_x(\d+)")
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """Lower-case suffixes ('.png', ...) of every format Pillow reads here (EPS and stub formats excluded)."""
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in image_extensions()
+
+
+def _hidden(name: str) -> bool:
+    # Also covers our own temporary files (".name.pid.tmp.png") and macOS "._name.jpg" forks.
+    return name.startswith(".")
+
+
+def collect_inputs(
+    specs: Sequence[str | Path], recursive: bool = False, *, exclude: Path | None = None, skip_outputs: bool = True
+) -> list[Path]:
+    """Expand files, folders and globs into a sorted, de-duplicated list of image files.
+
+    Files named explicitly are always kept (load_image reports them if they are not images).
+    Folders and globs contribute only files with an image suffix, never hidden files or folders;
+    folders are searched below their top level only with `recursive`. `exclude` (the output
+    folder) is left out, and with `skip_outputs` so are `name_x4.png`-style files that sit beside
+    their `name.*` source: re-running on a folder must not upscale the previous run's results.
+    A spec that matches nothing raises InputError.
+    """
+    explicit: list[Path] = []
+    found: list[Path] = []
+    for spec in specs:
+        text = str(spec)
+        if not text.strip():
+            raise InputError("empty input path")
+        path = Path(os.path.expanduser(text))
+        if path.is_dir():
+            files = list(_scan(path, recursive))
+            if not files:
+                hint = "" if recursive or not _has_subfolders(path) else " (add --recursive to search subfolders)"
+                raise InputError(f"{text}: no images in this folder{hint}")
+            found += files
+        elif path.exists():
+            explicit.append(path)
+        elif _GLOB_CHARS.search(text):
+            files = list(_expand_glob(os.path.expanduser(text), recursive))
+            if not files:
+                raise InputError(f"{text}: no images match this pattern")
+            found += files
+        else:
+            raise InputError(f"{text}: no such file or folder")
+
+    if exclude is not None:
+        root = os.path.abspath(exclude) + os.sep
+        found = [p for p in found if not os.path.abspath(p).startswith(root)]
+    if skip_outputs:
+        found = _without_previous_outputs(found)
+    unique: dict[str, Path] = {}
+    for p in explicit + found:
+        unique.setdefault(os.path.normcase(os.path.abspath(p)), p)
+    return sorted(unique.values(), key=lambda p: _natural_key(os.path.abspath(p)))
+
+
+def _scan(folder: Path, recursive: bool) -> Iterable[Path]:
+    if not recursive:
+        for entry in os.scandir(folder):
+            if entry.is_file() and not _hidden(entry.name) and _is_image_name(Path(entry.name)):
+                yield folder / entry.name
+        return
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        for name in filenames:
+            if not _hidden(name) and _is_image_name(Path(name)):
+                yield Path(dirpath) / name
+
+
+def _has_subfolders(folder: Path) -> bool:
+    return any(e.is_dir() and not _hidden(e.name) for e in os.scandir(folder))
+
+
+def _expand_glob(pattern: str, recursive: bool) -> Iterable[Path]:
+    for match in glob.glob(pattern, recursive=True):
+        path = Path(match)
+        if path.is_dir():
+            if recursive:
+                yield from _scan(path, recursive=True)
+        elif path.is_file() and not _hidden(path.name) and _is_image_name(path):
+            yield path
+
+
+def _without_previous_outputs(paths: list[Path]) -> list[Path]:
+    stems = {(os.path.abspath(p.parent), p.stem) for p in paths}
+    keep = []
+    for p in paths:
+        m = _OUTPUT_STEM.fullmatch(p.stem)
+        if m and (os.path.abspath(p.parent), m[1]) in stems:
+            continue
+        keep.append(p)
+    return keep
+
+
+def _natural_key(text: str) -> list[tuple[int, int | str]]:
+    """Sort 'img2' before 'img10', as file managers do."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part]
+
+
+def _default_suffix(input: Path, fmt: str | None) -> str:
+    if fmt:
+        output_format(fmt)  # validates
+        return "." + fmt.lower().lstrip(".")
+    suffix = input.suffix
+    try:
+        output_format(suffix)
+    except OutputError:
+        return ".png"  # GIF, PPM, PSD, ...: lossless, keeps alpha and 16 bits
+    return suffix  # keep the user's spelling: photo.JPG -> photo_x4.JPG
+
+
+def output_path(
+    input: Path,
+    scale: int,
+    output: Path | None = None,
+    fmt: str | None = None,
+    single_input: bool = True,
+    *,
+    root: Path | None = None,
+) -> Path:
+    """Where the result for `input` goes: `{stem}_x{scale}.{ext}` beside it, or under an output folder.
+
+    `output` is a folder when it is one, or when it does not exist and has no image suffix (it is
+    created on save); it is the exact file when it has an image suffix and there is a single
+    input. With `root`, the input's folder below `root` is mirrored under the output folder.
+    The extension is the input's when we can write that format, else `.png`; `fmt` overrides it.
+    """
+    input = Path(input)
+    name = f"{input.stem}_x{scale}{_default_suffix(input, fmt)}"
+    if output is None:
+        result = input.parent / name
+    else:
+        output = Path(os.path.expanduser(str(output)))
+        if output.is_dir():
+            result = output / _mirrored(input, root) / name
+        elif output.exists() or _is_image_name(output):
+            if output.exists() and not output.is_file():
+                raise OutputError(f"{output}: exists and is neither a file nor a folder")
+            if not _is_image_name(output):
+                raise OutputError(f"{output}: is an existing file without an image suffix; give a folder or an "
+                                  "image file name")
+            if not single_input:
+                raise OutputError(f"{output}: names one file but there are several inputs; give a folder")
+            out_fmt = output_format(output.suffix)
+            if fmt and output_format(fmt) != out_fmt:
+                raise OutputError(f"{output}: suffix disagrees with --format {fmt}")
+            result = output
+        else:
+            result = output / _mirrored(input, root) / name
+    if _same_file(result, input):
+        raise OutputError(f"{result}: would overwrite its own input")
+    return result
+
+
+def _mirrored(input: Path, root: Path | None) -> Path:
+    if root is None:
+        return Path()
+    rel = os.path.relpath(os.path.abspath(input.parent), os.path.abspath(root))
+    return Path() if rel == os.curdir or rel.startswith(os.pardir) else Path(rel)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def plan_outputs(
+    inputs: Sequence[Path], scale: int, output: Path | None = None, fmt: str | None = None
+) -> dict[Path, Path]:
+    """Output path for every input, mirroring the input tree under an output folder; OutputError on clashes.
+
+    With an output folder, each input's folder is kept relative to the deepest folder holding all
+    inputs, so `photos/a.png` and `photos/trip/a.png` do not overwrite each other. Two inputs
+    that would still land on one file (`a.png` and `a.jpg` with --format png) are an error.
+    """
+    parents = [os.path.abspath(Path(p).parent) for p in inputs]
+    root = Path(os.path.commonpath(parents)) if parents else None
+    plan: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
+    for p in inputs:
+        p = Path(p)
+        out = output_path(p, scale, output, fmt, single_input=len(inputs) == 1, root=root)
+        key = os.path.normcase(os.path.abspath(out))
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {p} would both be written to {out}; use --format or separate runs")
+        seen[key] = p
+        plan[p] = out
+    return plan
+
+
+def check_output(path: Path, overwrite: bool = False, skip_existing: bool = False) -> Literal["write", "skip"]:
+    """Decide, before any compute, whether `path` will be written ('write') or skipped ('skip').
+
+    An existing file is skipped with `skip_existing`, replaced with `overwrite`, else an error.
+    The target folder (or the nearest existing folder above it, for folders still to be
+    created) must be writable. Raises OutputError with one line.
+    """
+    path = Path(path)
+    if overwrite and skip_existing:
+        raise OutputError("--overwrite and --skip-existing exclude each other")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    if path.exists() or path.is_symlink():
+        if skip_existing:
+            return "skip"
+        if not overwrite:
+            raise OutputError(f"{path}: already exists (use --overwrite to replace it or --skip-existing to keep it)")
+    _check_folder_writable(path)
+    return "write"
+
+
+def _check_folder_writable(path: Path) -> None:
+    folder = Path(os.path.abspath(path.parent))
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{path}: cannot create its folder, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder is not writable" if existing == folder else f"cannot create folders in {existing}"
+        raise OutputError(f"{path}: {what} (permission denied)")

@@ -11,18 +11,7 @@ from safetensors.torch import save_file
 from infdit_cli.config import ModelConfig, preset
 from infdit_cli.model import InfDiT
 from infdit_cli.weights import ModelError, load_model, read_config, resolve_model, save_model
-
-
-def make_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], commit: str = "c" * 40) -> str:
-    """A hand-built huggingface_hub cache (the layout snapshot_download reads offline)."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for name, src in files.items():
-        (snap / name).write_bytes(src.read_bytes())
-    return commit
+from tests.models import write_hub_cache
 
 
 @pytest.fixture
@@ -45,7 +34,7 @@ def test_resolve_local_file_and_folder(tiny_file):
 
 def test_resolve_from_offline_hub_cache(tiny_file, tmp_path, monkeypatch):
     cache = tmp_path / "hub"
-    commit = make_hub_cache(cache, "acme/tiny-infdit", {"model.safetensors": tiny_file})
+    commit = write_hub_cache(cache, "acme/tiny-infdit", tiny_file.parent)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     import huggingface_hub.constants as constants
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from infdit_cli import __version__, errors
-from infdit_cli.cli_common import cli_errors, err, fail, out, parse_dtype
+from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, report_error
 from infdit_cli.cli_upscale import upscale_command
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -53,10 +53,10 @@ def convert_command(
     casts = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype not in casts:
         raise fail(f"unknown dtype {dtype!r}; use keep, bf16, fp16 or fp32")
-    report = convert_checkpoint(src, dst, casts[dtype], log=lambda m: err.print(m, highlight=False))
+    report = convert_checkpoint(src, dst, casts[dtype], log=info)
     cfg = report.config
-    err.print(f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
-              f"CLIP vector {cfg.vector_dim or 'off'}")
+    info(f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
+         f"CLIP vector {cfg.vector_dim or 'off'}")
     print(report.model_path)
     if report.clip_path:
         print(report.clip_path)
@@ -86,7 +86,7 @@ def init_model_command(
         raise fail(f"{target} already exists (use --overwrite)")
     model = InfDiT(config).init_random(seed).to(parse_dtype(dtype, "cpu"))
     path = save_model(model, dst, {"random_init_seed": str(seed), "preset": preset_name})
-    err.print(f"{preset_name}: {model.num_parameters():,} parameters, random weights (seed {seed})")
+    info(f"{preset_name}: {model.num_parameters():,} parameters, random weights (seed {seed})")
     print(path)
 
 
@@ -100,12 +100,12 @@ def samplers_command(
     from infdit_cli.samplers import SamplerOptions, available_samplers, get_sampler
 
     rows = []
-    for info in available_samplers():
+    for entry in available_samplers():
         nfe = None
-        if info.error is None:
-            nfe = get_sampler(info.name, SamplerOptions()).nfe(steps)
-        rows.append({"name": info.name, "package": info.dist, "version": info.version,
-                     "entry_point": info.value, "nfe": nfe, "error": info.error})
+        if entry.error is None:
+            nfe = get_sampler(entry.name, SamplerOptions()).nfe(steps)
+        rows.append({"name": entry.name, "package": entry.dist, "version": entry.version,
+                     "entry_point": entry.value, "nfe": nfe, "error": entry.error})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -124,5 +124,5 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        err.print("[bold red]error:[/] interrupted")
+        report_error("interrupted")
         sys.exit(130)

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from infdit_cli import errors
 
@@ -23,8 +24,18 @@ def default_model_path() -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
+def report_error(message: str) -> None:
+    """One red line on stderr, never wrapped, whatever the terminal width."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def info(message: str, style: str | None = None) -> None:
+    """A diagnostic line on stderr (results go to stdout), not wrapped, not parsed as markup."""
+    err.print(escape(message), style=style, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    report_error(message)
     return typer.Exit(code)
 
 

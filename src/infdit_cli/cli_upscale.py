@@ -12,7 +12,16 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from infdit_cli import errors
-from infdit_cli.cli_common import cli_errors, default_model_path, err, fail, parse_dtype, pick_device
+from infdit_cli.cli_common import (
+    cli_errors,
+    default_model_path,
+    err,
+    fail,
+    info,
+    parse_dtype,
+    pick_device,
+    report_error,
+)
 
 DEFAULT_SEED = 0
 
@@ -81,8 +90,15 @@ def upscale_command(
     import torch
 
     from infdit_cli.engine.memory import parse_size
-    from infdit_cli.imageio import check_output_size, load_image, output_format, save_image, upscale_alpha
-    from infdit_cli.inputs import check_output, collect_inputs, output_path
+    from infdit_cli.imageio import (
+        check_output_size,
+        format_losses,
+        load_image,
+        output_format,
+        save_image,
+        upscale_alpha,
+    )
+    from infdit_cli.inputs import check_output, collect_inputs, plan_outputs
     from infdit_cli.pipeline import UpscaleOptions, load_upscaler
     from infdit_cli.samplers import SamplerOptions, get_sampler
 
@@ -104,16 +120,16 @@ def upscale_command(
         output_format(fmt)
     files = collect_inputs(inputs, recursive)
     jobs, failures, skipped, results = [], 0, 0, []
-    for f in files:
-        target = output_path(f, scale, output, fmt, single_input=len(files) == 1)
+    targets = plan_outputs(files, scale, output, fmt)
+    for f, target in targets.items():
         try:
             if check_output(target, overwrite, skip_existing) == "skip":
                 skipped += 1
                 if not quiet:
-                    err.print(f"skip {f}: {target} exists", highlight=False)
+                    info(f"skip {f}: {target} exists")
                 continue
         except errors.USER_ERRORS as exc:
-            err.print(f"[bold red]error:[/] {errors.one_line(exc)}", highlight=False)
+            report_error(errors.one_line(exc))
             failures += 1
             continue
         jobs.append(Job(f, target))
@@ -125,8 +141,8 @@ def upscale_command(
     upscaler = load_upscaler(model_source, dev, parse_dtype(dtype, dev.type), clip,
                              need_text=bool(prompt_pos or prompt_neg))
     if not quiet:
-        err.print(f"model {model_source} on {dev.type} ({str(upscaler.dtype).removeprefix('torch.')}), "
-                  f"sampler {sampler}, {steps} steps, seed {seed}", highlight=False)
+        info(f"model {model_source} on {dev.type} ({str(upscaler.dtype).removeprefix('torch.')}), "
+                  f"sampler {sampler}, {steps} steps, seed {seed}")
     flops_per_s = _throughput(dev) * 0.5 if jobs and not quiet else 0.0
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -140,6 +156,9 @@ def upscale_command(
                 w, h = image.size
                 out_fmt = output_format(fmt or job.target.suffix)
                 check_output_size(w * scale, h * scale, out_fmt, image)
+                if not quiet:
+                    for loss in format_losses(out_fmt, image):
+                        info(f"warning: {job.target.name}: {loss}", "yellow")
                 plans = upscaler.plan((h, w), options)
                 total = sum(p.nfe * p.blocks for p in plans)
                 if not quiet:
@@ -150,7 +169,7 @@ def upscale_command(
                 alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
                 save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
             except errors.USER_ERRORS as exc:
-                err.print(f"[bold red]error:[/] {errors.one_line(exc)}", highlight=False)
+                report_error(errors.one_line(exc))
                 failures += 1
                 progress.advance(batch)
                 continue
@@ -164,11 +183,11 @@ def upscale_command(
                       "network_calls": sum(s.calls for s in result.stats), "seed": seed}
             results.append(record)
             if not quiet:
-                err.print(f"wrote {job.target} ({w * scale}x{h * scale}) in {seconds:.1f} s", highlight=False)
+                info(f"wrote {job.target} ({w * scale}x{h * scale}) in {seconds:.1f} s")
             if verbose:
                 for s in result.stats:
-                    err.print(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
-                              f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}", highlight=False)
+                    info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
+                              f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}")
     if as_json:
         print(json.dumps({"outputs": results, "failed": failures, "skipped": skipped}, indent=2))
     if failures:
@@ -182,6 +201,6 @@ def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, upscale
     eta = f", ~{flops / flops_per_s:.0f} s" if flops_per_s else ""
     n = "/".join(str(p.memory.block_batch) for p in plans)
     peak = max(p.memory.estimated_bytes for p in plans)
-    err.print(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
+    info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
               f"{sum(p.blocks for p in plans)} blocks, n={n}, est. peak {_fmt_bytes(peak)}, "
-              f"{sum(p.nfe for p in plans)} network calls{eta}", highlight=False)
+              f"{sum(p.nfe for p in plans)} network calls{eta}")

@@ -48,6 +48,7 @@ class ClipEncoder:
     model: torch.nn.Module
     arch: str
     has_text: bool
+    arch_config: dict | None = None
 
     @torch.no_grad()
     def image_embedding(self, lr: Tensor) -> Tensor:
@@ -65,7 +66,8 @@ class ClipEncoder:
             raise ModelError("text prompts need full CLIP weights with the text tower (pass --clip)")
         import open_clip
 
-        tokenizer = open_clip.get_tokenizer(self.arch)
+        context = (self.arch_config or {}).get("text_cfg", {}).get("context_length")
+        tokenizer = open_clip.get_tokenizer(self.arch, context_length=context)
         param = next(self.model.parameters())
         tokens = tokenizer([text]).to(param.device)
         return F.normalize(self.model.encode_text(tokens, normalize=True).float(), dim=-1)
@@ -106,7 +108,7 @@ def load_clip(
             path = _hub_file(clip_source)
         else:
             raise ModelError(f"CLIP weights {clip_source!r} not found (neither a file nor a hub repo id)")
-    elif visual_file is not None and not need_text:
+    elif visual_file is not None and (not need_text or _file_metadata(visual_file).get("tower") == "full"):
         path = visual_file
     else:
         path = _hub_file(DEFAULT_CLIP_REPO)
@@ -129,7 +131,7 @@ def load_clip(
         raise ModelError(f"{path}: CLIP weights do not fit {arch} ({str(exc).splitlines()[0]})") from None
     if need_text and visual_only:
         raise ModelError(f"{path}: holds only the CLIP image tower; text prompts need full CLIP weights (--clip)")
-    return ClipEncoder(model.to(device=device, dtype=dtype).eval(), arch, has_text=not visual_only)
+    return ClipEncoder(model.to(device=device, dtype=dtype).eval(), arch, not visual_only, arch_config)
 
 
 def _hub_file(text: str) -> Path:

@@ -1,0 +1,47 @@
+"""Tiny models written to disk the way users get them: a local folder, or a hub cache built offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from infdit_cli.clip import save_clip
+from infdit_cli.config import preset
+from infdit_cli.model import InfDiT
+from infdit_cli.weights import save_model
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A tiny no-CLIP model (every other feature on) with random weights."""
+    save_model(InfDiT(preset("tiny")).init_random(seed), folder)
+    return folder
+
+
+def write_tiny_clip_model(folder: Path, seed: int = 0) -> Path:
+    """A tiny model conditioned on a tiny open_clip (full towers, so text prompts work)."""
+    import open_clip
+
+    save_model(InfDiT(preset("tiny", vector_dim=TINY_CLIP["embed_dim"])).init_random(seed), folder)
+    torch.manual_seed(seed)
+    clip = open_clip.create_model("ViT-L-14", pretrained=None, **TINY_CLIP)
+    save_clip(clip, folder / "clip_visual.safetensors", "ViT-L-14", TINY_CLIP)
+    return folder
+
+
+def write_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40) -> str:
+    """The cache layout huggingface_hub reads offline (refs/main -> snapshots/<commit>/files)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for f in folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    return commit

@@ -475,3 +475,49 @@ def test_upscale_alpha_is_bicubic_and_clipped() -> None:
     assert raw.max() > 1.0  # the clip above did something
     t = upscale_alpha(torch.from_numpy(alpha), 2)
     assert isinstance(t, torch.Tensor) and t.shape == (12, 12)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_16bit_colour_orientation_applies_to_both_byte_halves(tmp_path: Path) -> None:
+    a = rand16(3, 5, 3)
+    meta = imageio._Meta(icc=None, exif=exif_with(8), xmp=None, dpi=None)
+    with open(tmp_path / "in.png", "wb") as f:
+        imageio._write_png16(f, a, meta=meta)
+    img = load_image(tmp_path / "in.png")
+    assert img.size == (3, 5) and img.bit_depth == 16
+    np.testing.assert_array_equal(to_int(img.rgb, 65535), np.rot90(a, k=1))  # 8 = rotate 90° anticlockwise
+
+
+def test_truncated_files_fail_even_if_pillow_was_made_lenient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    buf = io.BytesIO()
+    Image.fromarray(rand8(32, 32, 3)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(InputError, match="truncated"):
+        load_image(tmp_path / "cut.jpg")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+
+
+def test_float_images_are_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((3, 3), np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(InputError, match="floating-point"):
+        load_image(tmp_path / "f.tif")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+def test_fifo_is_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(InputError, match="not a regular file"):
+        load_image(tmp_path / "pipe.png")
+
+
+def test_broken_exif_never_costs_the_upscale(tmp_path: Path) -> None:
+    img = load_image(_write(tmp_path / "in.png", rand8(3, 3, 3)))
+    img.exif = b"Exif\x00\x00garbage"
+    for name in ("out.jpg", "out.tif"):
+        save_image(tmp_path / name, img.rgb, None, img)
+        assert Image.open(tmp_path / name).size == (3, 3)

@@ -118,7 +118,8 @@ def upscale_command(
         raise fail(errors.one_line(exc)) from None
     if fmt is not None:
         output_format(fmt)
-    files = collect_inputs(inputs, recursive)
+    out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
+    files = collect_inputs(inputs, recursive, exclude=out_folder)
     jobs, failures, skipped, results = [], 0, 0, []
     targets = plan_outputs(files, scale, output, fmt)
     for f, target in targets.items():

@@ -48,7 +48,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, TiffImagePlugin, TiffTags,
 from PIL.PngImagePlugin import PngInfo
 
 __all__ = [
-    "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "READ_FORMATS",
+    "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "read_formats",
     "load_image", "save_image", "upscale_alpha", "pad_to_multiple", "crop",
     "output_format", "check_output_size", "format_losses", "supports_alpha",
 ]
@@ -112,12 +112,10 @@ _FORMAT_ALIASES = {
 _REFUSED_READ_FORMATS = frozenset({"EPS", "PDF", "MPEG", "BUFR", "GRIB", "HDF5", "WMF"})
 
 
-def _read_formats() -> tuple[str, ...]:
+def read_formats() -> tuple[str, ...]:
+    """Pillow formats we open, computed per call so plugins registered later (pillow-heif, ...) count."""
     Image.init()
     return tuple(sorted(set(Image.OPEN) - _REFUSED_READ_FORMATS))
-
-
-READ_FORMATS: tuple[str, ...] = _read_formats()
 
 
 def output_format(name: str) -> str:
@@ -167,10 +165,13 @@ def load_image(path: str | Path) -> LoadedImage:
     """Decode an image fully, upright, with its metadata; any failure is one InputError line naming the file."""
     path = Path(path)
     _check_readable(path)
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
+        # Some libraries switch Pillow to padding truncated files with grey; never while we decode.
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=READ_FORMATS) as im:
+            with Image.open(path, formats=read_formats()) as im:
                 _check_pixels(path, im.size)
                 return _load(path, im)
     except InputError:
@@ -184,6 +185,8 @@ def load_image(path: str | Path) -> LoadedImage:
         raise InputError(f"{path}: not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError) as exc:
         raise InputError(f"{path}: cannot decode, the file is truncated or corrupt ({_first_line(exc)})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def _check_readable(path: Path) -> None:
@@ -195,7 +198,9 @@ def _check_readable(path: Path) -> None:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
-    if size == 0 and path.is_file():
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    if size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: cannot read (permission denied)")
@@ -221,6 +226,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _load(path: Path, im: ImageFile.ImageFile) -> LoadedImage:
     notes: list[str] = []
+    if im.mode == "F":
+        raise InputError(f"{path}: 32-bit floating-point images are not supported")
     low_rawmode = _low_byte_rawmode(im)
     n_frames = int(getattr(im, "n_frames", 1) or 1)
     if n_frames > 1:
@@ -259,21 +266,21 @@ def _load(path: Path, im: ImageFile.ImageFile) -> LoadedImage:
 def _decode(im: Image.Image, icc: bytes | None, notes: list[str]) -> tuple[np.ndarray, int, bool, bool, bytes | None]:
     """Integer pixels [H, W, C] of a Pillow image, its maximum value, grey?, has alpha?, and the ICC to keep."""
     mode = im.mode
-    if mode == "F":
-        raise InputError(f"{getattr(im, 'filename', '') or 'image'}: 32-bit float images are not supported")
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(im).astype(np.uint16)[..., None], 65535, True, False, icc
     if mode == "I":  # 32-bit int (e.g. signed 16-bit TIFF); values outside 16 bits cannot be kept
-        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., None], 65535, True, False, icc
+        values = np.asarray(im)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            notes.append("32-bit integer values clipped to the 16-bit range")
+        return np.clip(values, 0, 65535).astype(np.uint16)[..., None], 65535, True, False, icc
     if mode == "CMYK":
-        if icc:
-            srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-            im = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB")
-            icc = srgb.tobytes()
+        converted = _cmyk_to_srgb(im, icc) if icc else None
+        if converted is not None:
+            im, icc = converted
             notes.append("CMYK converted to sRGB with its ICC profile")
         else:
-            im = im.convert("RGB")
-            notes.append("CMYK without ICC profile converted to RGB naively")
+            im, icc = im.convert("RGB"), None
+            notes.append("CMYK converted to RGB without colour management (no usable ICC profile)")
     elif mode == "1":
         im = im.convert("L")
     elif mode in ("P", "PA"):
@@ -288,6 +295,17 @@ def _decode(im: Image.Image, icc: bytes | None, notes: list[str]) -> tuple[np.nd
     if data.ndim == 2:
         data = data[..., None]
     return data, 255, im.mode in ("L", "LA"), im.mode in ("LA", "RGBA"), icc
+
+
+def _cmyk_to_srgb(im: Image.Image, icc: bytes) -> tuple[Image.Image, bytes] | None:
+    """CMYK through its embedded profile into sRGB (the model needs RGB); None if LittleCMS refuses the profile."""
+    try:
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        rgb = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    return (rgb, srgb.tobytes()) if rgb is not None else None
 
 
 def _low_byte_rawmode(im: ImageFile.ImageFile) -> str | None:
@@ -327,7 +345,7 @@ def _decode_16bit_colour(
 
 def _decode_low_bytes(path: Path, rawmode: str) -> Image.Image:
     """Decode `path` again with another raw mode (see `_low_byte_rawmode`) and make it upright."""
-    with Image.open(path, formats=READ_FORMATS) as im:
+    with Image.open(path, formats=read_formats()) as im:
         im.tile = [t._replace(args=rawmode if isinstance(t.args, str) else (rawmode, *t.args[1:])) for t in im.tile]
         im.load()
         return ImageOps.exif_transpose(im)
@@ -359,12 +377,7 @@ def _clean_exif(im: Image.Image, notes: list[str]) -> bytes | None:
         for tag in list(exif):
             if tag in _LAYOUT_TAGS:
                 del exif[tag]
-        if not len(exif):
-            return None
-        for tag in (_EXIF_IFD, _GPS_IFD):
-            if tag in exif:
-                exif.get_ifd(tag)  # read sub-IFDs while the source file is open
-        return exif.tobytes()
+        return exif.tobytes() if len(exif) else None
     except Exception as exc:  # broken EXIF must not stop an upscale
         notes.append(f"EXIF unreadable, not carried over ({_first_line(exc)})")
         return None
@@ -478,6 +491,8 @@ def save_image(
     path = Path(path)
     name = output_format(fmt if fmt else path.suffix)
     spec = OUTPUT_FORMATS[name]
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
     colour = _as_float_array(rgb, "rgb")
     if colour.ndim != 3 or colour.shape[2] != 3:
         raise ValueError(f"rgb must be [H, W, 3], got {list(colour.shape)}")
@@ -550,15 +565,19 @@ def _exif_for_output(exif_bytes: bytes | None, width: int, height: int) -> Image
     """The carried EXIF with orientation 1 and the pixel dimensions of the new image."""
     if not exif_bytes:
         return None
-    exif = Image.Exif()
-    exif.load(exif_bytes)
-    exif[_ORIENTATION] = 1
-    if _EXIF_IFD in exif:
-        sub = exif.get_ifd(_EXIF_IFD)
-        if 0xA002 in sub:
-            sub[0xA002] = width  # PixelXDimension
-        if 0xA003 in sub:
-            sub[0xA003] = height  # PixelYDimension
+    try:
+        exif = Image.Exif()
+        exif.load(exif_bytes)
+        exif[_ORIENTATION] = 1
+        if _EXIF_IFD in exif:
+            sub = exif.get_ifd(_EXIF_IFD)
+            if 0xA002 in sub:
+                sub[0xA002] = width  # PixelXDimension
+            if 0xA003 in sub:
+                sub[0xA003] = height  # PixelYDimension
+        exif.tobytes()  # fail here, not halfway through writing the image
+    except Exception:  # metadata must never cost the user the upscale itself
+        return None
     return exif
 
 
@@ -576,6 +595,8 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
+        if isinstance(exc, ValueError) and not isinstance(exc, OutputError):
+            raise OutputError(f"{path}: the encoder failed ({_first_line(exc)})") from None
         raise
 
 
@@ -699,10 +720,25 @@ def _write_tiff(
     total = sum(len(s) for s in strips)
     if bigtiff is None:
         bigtiff = total + (1 << 24) > 2**32
-    header = b"II\x2b\x00\x08\x00\x00\x00\x10" + bytes(7) if bigtiff else b"II\x2a\x00\x00\x00\x00\x00"
-    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
+    header = b"II\x2b\x00" + struct.pack("<HHQ", 8, 0, 16) if bigtiff else b"II\x2a\x00" + struct.pack("<I", 8)
+    try:
+        directory = _tiff_directory(header, w, h, c, sample, grey, meta, strips, rows_per_strip, compress, exif=True)
+    except Exception:  # an EXIF tag Pillow cannot serialise: write the image without EXIF rather than fail
+        directory = _tiff_directory(header, w, h, c, sample, grey, meta, strips, rows_per_strip, compress, exif=False)
+    f.write(header)
+    f.write(directory)
+    for s in strips:
+        f.write(s)
 
-    if meta.exif is not None:  # photo tags first: the layout tags below must win
+
+def _tiff_directory(
+    header: bytes, w: int, h: int, c: int, sample: int, grey: bool, meta: _Meta, strips: list[bytes],
+    rows_per_strip: int, compress: bool, exif: bool,
+) -> bytes:
+    """The serialised first IFD (tags + their data); strip offsets point just past it."""
+    bigtiff = header[2] == 0x2B
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
+    if exif and meta.exif is not None:  # photo tags first: the layout tags below must win
         for tag in meta.exif:
             if tag in (_EXIF_IFD, _GPS_IFD):
                 ifd[tag] = meta.exif.get_ifd(tag)
@@ -735,9 +771,7 @@ def _write_tiff(
     ifd[279] = tuple(len(s) for s in strips)
     long_type = TiffTags.LONG8 if bigtiff else TiffTags.LONG
     ifd.tagtype[273] = ifd.tagtype[279] = long_type
-    ifd.save(f)
-    for s in strips:
-        f.write(s)
+    return ifd.tobytes(len(header))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ import glob
 import os
 import re
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
-from infdit_cli.imageio import READ_FORMATS, InputError, OutputError, check_output_size, output_format
+from infdit_cli.imageio import InputError, OutputError, check_output_size, output_format, read_formats
 
 __all__ = [
     "InputError", "OutputError", "image_extensions", "collect_inputs", "output_path", "plan_outputs",
@@ -27,15 +26,20 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _OUTPUT_STEM = re.compile(r"(.+)_x(\d+)")
 
 
-@lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
     """Lower-case suffixes ('.png', ...) of every format Pillow reads here (EPS and stub formats excluded)."""
+    readable = set(read_formats())
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in readable)
+
+
+def _is_image_name(path: Path, exts: frozenset[str] | None = None) -> bool:
+    return path.suffix.lower() in (exts if exts is not None else image_extensions())
+
+
+def _has_image_suffix(path: Path) -> bool:
+    """Any suffix Pillow knows, readable or not: 'out.pdf' names a file we refuse, not a folder to create."""
     Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in image_extensions()
+    return path.suffix.lower() in image_extensions() or path.suffix.lower() in Image.registered_extensions()
 
 
 def _hidden(name: str) -> bool:
@@ -55,6 +59,7 @@ def collect_inputs(
     their `name.*` source: re-running on a folder must not upscale the previous run's results.
     A spec that matches nothing raises InputError.
     """
+    exts = image_extensions()
     explicit: list[Path] = []
     found: list[Path] = []
     for spec in specs:
@@ -63,7 +68,7 @@ def collect_inputs(
             raise InputError("empty input path")
         path = Path(os.path.expanduser(text))
         if path.is_dir():
-            files = list(_scan(path, recursive))
+            files = list(_scan(path, recursive, exts))
             if not files:
                 hint = "" if recursive or not _has_subfolders(path) else " (add --recursive to search subfolders)"
                 raise InputError(f"{text}: no images in this folder{hint}")
@@ -71,7 +76,7 @@ def collect_inputs(
         elif path.exists():
             explicit.append(path)
         elif _GLOB_CHARS.search(text):
-            files = list(_expand_glob(os.path.expanduser(text), recursive))
+            files = list(_expand_glob(os.path.expanduser(text), recursive, exts))
             if not files:
                 raise InputError(f"{text}: no images match this pattern")
             found += files
@@ -89,16 +94,16 @@ def collect_inputs(
     return sorted(unique.values(), key=lambda p: _natural_key(os.path.abspath(p)))
 
 
-def _scan(folder: Path, recursive: bool) -> Iterable[Path]:
+def _scan(folder: Path, recursive: bool, exts: frozenset[str]) -> Iterable[Path]:
     if not recursive:
         for entry in os.scandir(folder):
-            if entry.is_file() and not _hidden(entry.name) and _is_image_name(Path(entry.name)):
+            if entry.is_file() and not _hidden(entry.name) and _is_image_name(Path(entry.name), exts):
                 yield folder / entry.name
         return
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
         for name in filenames:
-            if not _hidden(name) and _is_image_name(Path(name)):
+            if not _hidden(name) and _is_image_name(Path(name), exts):
                 yield Path(dirpath) / name
 
 
@@ -106,13 +111,13 @@ def _has_subfolders(folder: Path) -> bool:
     return any(e.is_dir() and not _hidden(e.name) for e in os.scandir(folder))
 
 
-def _expand_glob(pattern: str, recursive: bool) -> Iterable[Path]:
+def _expand_glob(pattern: str, recursive: bool, exts: frozenset[str]) -> Iterable[Path]:
     for match in glob.glob(pattern, recursive=True):
         path = Path(match)
         if path.is_dir():
             if recursive:
-                yield from _scan(path, recursive=True)
-        elif path.is_file() and not _hidden(path.name) and _is_image_name(path):
+                yield from _scan(path, True, exts)
+        elif path.is_file() and not _hidden(path.name) and _is_image_name(path, exts):
             yield path
 
 
@@ -127,9 +132,10 @@ def _without_previous_outputs(paths: list[Path]) -> list[Path]:
     return keep
 
 
-def _natural_key(text: str) -> list[tuple[int, int | str]]:
-    """Sort 'img2' before 'img10', as file managers do."""
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part]
+def _natural_key(text: str) -> tuple[list[tuple[int, int | str]], str]:
+    """Sort 'img2' before 'img10' and 'B' after 'a', as file managers do."""
+    parts = [(0, int(p)) if p.isdigit() else (1, p.casefold()) for p in re.split(r"(\d+)", text) if p]
+    return parts, text
 
 
 def _default_suffix(input: Path, fmt: str | None) -> str:
@@ -147,7 +153,7 @@ def _default_suffix(input: Path, fmt: str | None) -> str:
 def output_path(
     input: Path,
     scale: int,
-    output: Path | None = None,
+    output: Path | str | None = None,
     fmt: str | None = None,
     single_input: bool = True,
     *,
@@ -165,13 +171,14 @@ def output_path(
     if output is None:
         result = input.parent / name
     else:
+        as_folder = str(output).endswith(("/", os.sep))  # "out.png/" names a folder
         output = Path(os.path.expanduser(str(output)))
-        if output.is_dir():
+        if output.is_dir() or (as_folder and not output.exists()):
             result = output / _mirrored(input, root) / name
-        elif output.exists() or _is_image_name(output):
+        elif output.exists() or _has_image_suffix(output):
             if output.exists() and not output.is_file():
                 raise OutputError(f"{output}: exists and is neither a file nor a folder")
-            if not _is_image_name(output):
+            if not _has_image_suffix(output):
                 raise OutputError(f"{output}: is an existing file without an image suffix; give a folder or an "
                                   "image file name")
             if not single_input:
@@ -211,7 +218,10 @@ def plan_outputs(
     that would still land on one file (`a.png` and `a.jpg` with --format png) are an error.
     """
     parents = [os.path.abspath(Path(p).parent) for p in inputs]
-    root = Path(os.path.commonpath(parents)) if parents else None
+    try:
+        root = Path(os.path.commonpath(parents)) if parents else None
+    except ValueError:  # Windows: inputs on different drives share no folder
+        root = None
     plan: dict[Path, Path] = {}
     seen: dict[str, Path] = {}
     for p in inputs:

@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageFile, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from infdit_cli.atomic import atomic_path
+
 __all__ = [
     "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "read_formats",
     "load_image", "save_image", "upscale_alpha", "pad_to_multiple", "crop",
@@ -583,21 +585,15 @@ def _exif_for_output(exif_bytes: bytes | None, width: int, height: int) -> Image
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a hidden temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
-        if isinstance(exc, ValueError) and not isinstance(exc, OutputError):
-            raise OutputError(f"{path}: the encoder failed ({_first_line(exc)})") from None
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
+    except ValueError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{path}: the encoder failed ({_first_line(exc)})") from None
 
 
 def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: _Meta, quality: int, lossless: bool) -> None:

@@ -7,7 +7,6 @@ conditioned on CLIP, optionally `clip_visual.safetensors` (open_clip ViT-L-14 `v
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from infdit_cli.atomic import atomic_path
 from infdit_cli.config import ModelConfig
 from infdit_cli.model.network import InfDiT
 
@@ -67,12 +67,8 @@ def save_state_dict(
 
 
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_config(path: str | Path) -> tuple[ModelConfig, dict[str, str]]:

@@ -218,3 +218,21 @@ def test_ctrl_c_leaves_no_partial_output(model_dir, tmp_path):
     assert "Traceback" not in stderr
     assert not (tmp_path / "big_x4.png").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_model_sampling_defaults_apply_unless_overridden(tmp_path):
+    import json
+
+    from infdit_cli.config import preset
+    from infdit_cli.model import InfDiT
+    from infdit_cli.weights import save_model
+
+    folder = tmp_path / "m"
+    save_model(InfDiT(preset("tiny")).init_random(0), folder,
+               {"sampling": json.dumps({"sampler": "euler", "steps": 2})})
+    src = rgb_image(tmp_path / "d.png", 16, 16)
+    res = run(str(src), "--model", str(folder), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["outputs"][0]["network_calls"] == 2  # euler, 2 steps
+    res = run(str(src), "--model", str(folder), "--json", "--steps", "3", "--overwrite")
+    assert json.loads(res.stdout)["outputs"][0]["network_calls"] == 3

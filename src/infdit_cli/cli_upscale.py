@@ -70,12 +70,13 @@ def upscale_command(
     prompt_neg: Annotated[str | None, typer.Option(help="Text to steer away from (e.g. 'blur').")] = None,
     prompt_scale: Annotated[float, typer.Option(help="Weight of the prompt edit of the CLIP embedding.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Noise seed; the same seed gives the same image.")] = DEFAULT_SEED,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
-    sampler: Annotated[str, typer.Option(help="Sampler plugin (see `infdit samplers`).")] = "heun-edm",
-    sigma_min: Annotated[float, typer.Option(help="Smallest noise level.")] = 0.002,
-    sigma_max: Annotated[float, typer.Option(help="Largest noise level.")] = 40.0,
-    rho: Annotated[float, typer.Option(help="Karras schedule exponent.")] = 7.0,
-    churn: Annotated[float, typer.Option(help="EDM stochastic churn (0 = deterministic ODE).")] = 0.0,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps [default: the model's, else 20].")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        help="Sampler plugin (see `infdit samplers`) [default: the model's, else heun-edm].")] = None,
+    sigma_min: Annotated[float | None, typer.Option(help="Smallest noise level [default: 0.002].")] = None,
+    sigma_max: Annotated[float | None, typer.Option(help="Largest noise level [default: 40].")] = None,
+    rho: Annotated[float | None, typer.Option(help="Karras schedule exponent [default: 7].")] = None,
+    churn: Annotated[float | None, typer.Option(help="EDM stochastic churn [default: 0, deterministic].")] = None,
     sampler_bf16: Annotated[bool, typer.Option(help="Sampler arithmetic in bf16, as the official code.")] = False,
     device: Annotated[str, typer.Option(help="auto, cuda, cpu or mps.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16, fp32.")] = "auto",
@@ -106,16 +107,16 @@ def upscale_command(
         budget = parse_size(max_memory) if max_memory else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    options = UpscaleOptions(
-        scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-        churn=churn, seed=seed, block_batch=block_batch, max_memory=budget, prompt_pos=prompt_pos,
-        prompt_neg=prompt_neg, prompt_scale=prompt_scale,
-        sampler_dtype=torch.bfloat16 if sampler_bf16 else torch.float32)
-    options.validate()
-    try:
-        get_sampler(sampler, SamplerOptions(s_churn=churn))
-    except ValueError as exc:
-        raise fail(errors.one_line(exc)) from None
+    given = dict(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                 churn=churn, seed=seed, block_batch=block_batch, max_memory=budget, prompt_pos=prompt_pos,
+                 prompt_neg=prompt_neg, prompt_scale=prompt_scale,
+                 sampler_dtype=torch.bfloat16 if sampler_bf16 else torch.float32)
+    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()  # fail before loading anything
+    if sampler is not None:
+        try:
+            get_sampler(sampler, SamplerOptions(s_churn=churn or 0.0))
+        except ValueError as exc:
+            raise fail(errors.one_line(exc)) from None
     if fmt is not None:
         output_format(fmt)
     out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
@@ -141,9 +142,15 @@ def upscale_command(
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
     upscaler = load_upscaler(model_source, dev, parse_dtype(dtype, dev.type), clip,
                              need_text=bool(prompt_pos or prompt_neg))
+    options = upscaler.options(**given)
+    options.validate()
+    try:
+        get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    except ValueError as exc:
+        raise fail(errors.one_line(exc)) from None
     if not quiet:
         info(f"model {model_source} on {dev.type} ({str(upscaler.dtype).removeprefix('torch.')}), "
-                  f"sampler {sampler}, {steps} steps, seed {seed}")
+             f"sampler {options.sampler}, {options.steps} steps, seed {seed}")
     flops_per_s = _throughput(dev) * 0.5 if jobs and not quiet else 0.0
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

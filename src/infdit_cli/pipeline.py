@@ -8,6 +8,7 @@ bicubic LR + per-block noise -> sampler over the EDM denoiser, streamed block gr
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -80,14 +81,39 @@ class UpscaleResult:
     seconds: float = 0.0
 
 
+SAMPLING_FIELDS = ("sampler", "steps", "sigma_min", "sigma_max", "rho", "churn")
+
+
+def sampling_defaults(metadata: dict[str, str]) -> dict[str, object]:
+    """A model's own sampling settings (metadata key "sampling", JSON), e.g. few steps for a small CPU model."""
+    if "sampling" not in metadata:
+        return {}
+    try:
+        data = json.loads(metadata["sampling"])
+    except json.JSONDecodeError:
+        raise UpscaleError("the model's 'sampling' metadata is not valid JSON") from None
+    unknown = sorted(set(data) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise UpscaleError(f"the model's sampling metadata has unknown field(s): {', '.join(unknown)}")
+    return data
+
+
 class Upscaler:
     """A loaded model (and CLIP when the model uses it) ready to upscale images."""
 
-    def __init__(self, model: InfDiT, clip: ClipEncoder | None = None, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: InfDiT, clip: ClipEncoder | None = None, device: torch.device | str = "cpu",
+                 defaults: dict[str, object] | None = None) -> None:
         self.model = model
         self.clip = clip
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
+        self.defaults = defaults or {}  # the model's recommended sampling settings
+
+    def options(self, **given: object) -> UpscaleOptions:
+        """UpscaleOptions from what the user gave (None = not given), else the model's defaults, else ours."""
+        chosen = {k: v for k, v in self.defaults.items()}
+        chosen.update({k: v for k, v in given.items() if v is not None})
+        return UpscaleOptions(**chosen)  # type: ignore[arg-type]
 
     @property
     def config(self):
@@ -180,13 +206,14 @@ def load_upscaler(
 ) -> Upscaler:
     """Resolve a model (local or hub), load it, and load CLIP only when the model is conditioned on it."""
     from infdit_cli.clip import load_clip
-    from infdit_cli.weights import load_model, resolve_model
+    from infdit_cli.weights import load_model, read_config, resolve_model
 
     files = resolve_model(model_source)
     model = load_model(files.weights, device=device, dtype=dtype)
+    defaults = sampling_defaults(read_config(files.weights)[1])
     clip = None
     if model.config.vector_dim:
         clip = load_clip(files.clip, clip_source, need_text=need_text, device=device)
     elif need_text:
         raise UpscaleError("this model is not conditioned on CLIP, so it cannot take text prompts")
-    return Upscaler(model, clip, device)
+    return Upscaler(model, clip, device, defaults)

@@ -23,10 +23,10 @@ def _inputs(cfg, rows: int, cols: int, seed: int = 0):
 
 @pytest.fixture(scope="module", params=["golden", "random"])
 def model(request, golden_model):
-    """The golden tiny weights, and a second random config (3 layers, no CLIP, 4 heads)."""
+    """The golden tiny weights, and a second random config (no CLIP, 4 heads of 16)."""
     if request.param == "golden":
         return golden_model
-    cfg = preset("tiny", num_layers=3, num_heads=4, hidden_size=64)
+    cfg = preset("tiny", num_layers=2, num_heads=4, hidden_size=64, mlp_hidden=128)
     return InfDiT(cfg).init_random(7).eval()
 
 
@@ -75,7 +75,7 @@ def test_rope_positions_wrap_beyond_4096_px():
 
 
 def test_kv_band_flat_in_height_and_linear_in_width():
-    model = InfDiT(preset("tiny", cross_lr=False)).init_random(0).eval()
+    model = InfDiT(preset("tiny", cross_lr=False, num_layers=1, mlp_hidden=64)).init_random(0).eval()
 
     def band(rows: int, cols: int) -> int:
         net_in, _, _, c_noise = _inputs(model.config, rows, cols)
@@ -85,7 +85,7 @@ def test_kv_band_flat_in_height_and_linear_in_width():
 
     cfg = model.config
     per_block = cfg.num_layers * 2 * cfg.block_tokens**2 * cfg.hidden_size * 4  # K and V, float32
-    assert band(3, 3) == band(6, 3) == band(12, 3)
+    assert band(3, 3) == band(6, 3)
     # The band is one block-row across the image plus the left column and the corner.
     assert band(3, 8) - band(3, 4) == 4 * per_block
     assert band(3, 4) == (4 + 1 + 1) * per_block

@@ -27,30 +27,66 @@ def _element_size(dtype: torch.dtype) -> int:
 
 
 def kv_band_bytes(config: ModelConfig, grid_cols: int, n: int, dtype: torch.dtype) -> int:
-    """K and V of one block-row across the image, plus the left column and corner, for every layer."""
+    """Steady-state KV band: K and V of one block-row across the image, the left column and the corner."""
     t = config.block_tokens**2
     per_block = 2 * t * config.hidden_size * _element_size(dtype)
     return config.num_layers * (grid_cols + min(n, grid_cols) + 1) * per_block
 
 
-def activation_bytes(config: ModelConfig, n_rows: int, n_cols: int, dtype: torch.dtype, device_type: str) -> int:
-    """Working memory of one group of n_rows × n_cols blocks inside a layer (the peak, roughly)."""
-    s = _element_size(dtype)
-    t = config.block_tokens**2
-    c, blocks = config.hidden_size, n_rows * n_cols
-    padded = (n_rows + 1) * (n_cols + 1)
-    per_token = (
-        4 * c  # residual, normed/modulated input, attention output, projection
-        + 3 * c  # q, k, v
-        + 2 * 4 * c  # the four-view keys and values
-        + 2 * config.mlp_hidden  # MLP hidden and its activation
-    )
-    total = blocks * t * per_token * s + padded * t * 2 * c * s
-    if config.cross_lr:
-        total += blocks * (3 * config.lr_block_tokens) ** 2 * 3 * c * s
-    if device_type != "cuda":  # the CPU attention kernel may materialise the score matrix
-        total += blocks * config.num_heads * t * 4 * t * 4
-    return int(total * 1.25)  # allocator slack
+def stream_kv_bytes(config: ModelConfig, grid: tuple[int, int], n: int, dtype: torch.dtype) -> int:
+    """Peak KV band of one streamed call on an X×Y block grid, without running the network.
+
+    Tall images (3+ group-rows, 2+ group-columns) reach the steady state `kv_band_bytes`; for the
+    rest the engine's own `StreamNeighbourhood` is driven with one-element stand-in blocks and its
+    byte count scaled up, so short images are not charged for a band they never hold.
+    """
+    from infdit_cli.engine.stream import StreamNeighbourhood
+
+    rows, cols = grid
+    group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
+    if group_rows >= 3 and group_cols >= 2:
+        return kv_band_bytes(config, cols, n, dtype)
+    nbh = StreamNeighbourhood(config.num_layers, cols)
+    stand_in = torch.zeros(1, 1, 1, 1, 1, 1)
+    for gi in range(group_rows):
+        r = range(gi * n, min(rows, (gi + 1) * n))
+        for gj in range(group_cols):
+            c = range(gj * n, min(cols, (gj + 1) * n))
+            nbh.begin_group(r, c, last_row=gi == group_rows - 1, last_col=gj == group_cols - 1)
+            block = stand_in.expand(1, len(r), len(c), 1, 1, 1).contiguous()
+            for layer in range(config.num_layers):
+                nbh.pad(layer, block, block)
+    per_tensor = config.block_tokens**2 * config.hidden_size * _element_size(dtype)  # K or V of one block
+    return nbh.peak_cached_bytes // stand_in.element_size() * per_tensor
+
+
+def group_activation_bytes(config: ModelConfig, rows: int, cols: int, dtype: torch.dtype) -> int:
+    """Peak live activations of one forward over a rows×cols block group (the whole image is one group).
+
+    Read off `UniBALayer.forward`, which frees each intermediate once used: the peak is while the
+    four-view keys and values are built and attended to, or in the MLP (its input, fc1 and GELU
+    outputs), or in layer 0's LR cross attention. Attention kernels that never build the score
+    matrix are assumed (CPU flash, CUDA flash/cuDNN: what PyTorch picks for these shapes).
+    Checked against the allocator in tests/test_bench.py.
+    """
+    s, t = _element_size(dtype), config.block_tokens**2
+    c, m = config.hidden_size, config.mlp_hidden
+    tok = rows * cols * t
+    pad = (rows + 1) * (cols + 1) * t * c * s  # one padded K or V grid
+    rope = tok * config.head_dim * 2 * (4 + (s if s != 4 else 0))  # fp32 cos/sin (+ their casts)
+    w = (3 * config.lr_block_tokens) ** 2 * rows * cols if config.cross_lr else 0  # LR window tokens
+    held = rope + w * c * s  # cos/sin and the LR windows live through every layer
+    build_keys = tok * s * (2 * c + 4 * c) + 2 * pad  # x, q, keys, and both padded grids
+    build_values = tok * s * (2 * c + 8 * c) + pad  # x, q, keys, values, and the V grid
+    attend = tok * s * 11 * c  # x, q, keys, values, attention output
+    mlp = tok * s * (3 * c + 2 * m)  # the layer's input, new x, modulated input, fc1 and GELU outputs
+    cross = tok * s * 6 * c + 3 * w * c * s if config.cross_lr else 0  # + the window K/V and normed K
+    return int(held + max(build_keys, build_values, attend, mlp, cross))
+
+
+def io_bytes(width: int, height: int) -> int:
+    """The call's own pixels: the fp32 6-channel network input and the 3-channel output (O(area))."""
+    return width * height * (6 + 3) * 4
 
 
 def weights_bytes(config: ModelConfig, dtype: torch.dtype, num_parameters: int | None = None) -> int:
@@ -62,14 +98,25 @@ def weights_bytes(config: ModelConfig, dtype: torch.dtype, num_parameters: int |
 
 
 def estimate_memory(
-    config: ModelConfig, grid: tuple[int, int], n: int, dtype: torch.dtype, device_type: str,
+    config: ModelConfig, grid: tuple[int, int], n: int, dtype: torch.dtype, device_type: str = "cuda",
     num_parameters: int | None = None,
 ) -> int:
-    """Peak bytes of one streamed network call with block batch n on an X×Y block grid."""
+    """Peak bytes of one streamed network call with block batch n on an X×Y block grid.
+
+    Weights + KV band + one group's activations (+25% allocator slack) + the call's pixels.
+    `device_type` is kept for callers; the estimate is the same on every device.
+    """
     rows, cols = grid
-    image = 4 * 3 * rows * cols * config.block_size**2 * 6  # x, lr_up, net input, output, noise (fp32)
-    return (weights_bytes(config, dtype, num_parameters) + kv_band_bytes(config, cols, n, dtype)
-            + activation_bytes(config, min(n, rows), min(n, cols), dtype, device_type) + image)
+    act = group_activation_bytes(config, min(n, rows), min(n, cols), dtype)
+    return (weights_bytes(config, dtype, num_parameters) + stream_kv_bytes(config, grid, n, dtype)
+            + int(act * 1.25) + io_bytes(cols * config.block_size, rows * config.block_size))
+
+
+def whole_image_memory_bytes(config: ModelConfig, grid: tuple[int, int], dtype: torch.dtype, weights: int) -> int:
+    """Peak bytes of one whole-image call: weights + every block's activations at once + pixels."""
+    rows, cols = grid
+    bs = config.block_size
+    return weights + group_activation_bytes(config, rows, cols, dtype) + io_bytes(cols * bs, rows * bs)
 
 
 def available_memory(device: torch.device) -> int:

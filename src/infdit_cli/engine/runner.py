@@ -16,8 +16,18 @@ from torch import Tensor
 
 from infdit_cli.config import ModelConfig
 from infdit_cli.engine.stream import StreamNeighbourhood
-from infdit_cli.model.network import InfDiT
+from infdit_cli.model.network import Conditioning, InfDiT
 from infdit_cli.model.uniba import WholeImage
+
+
+@dataclass(frozen=True)
+class Group:
+    """One n×n (or ragged) group of blocks and whether it ends its group-row / the last group-row."""
+
+    rows: range
+    cols: range
+    last_row: bool
+    last_col: bool
 
 
 @dataclass
@@ -131,24 +141,34 @@ class StreamedRunner(_RunnerBase):
         self._record(grid, start, net_in.device)
         return out
 
+    @staticmethod
+    def groups(grid: tuple[int, int], n: int) -> list[Group]:
+        """The n×n block groups of a grid in raster order (ragged at the right and bottom edges)."""
+        rows, cols = grid
+        group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
+        return [Group(range(gi * n, min(rows, (gi + 1) * n)), range(gj * n, min(cols, (gj + 1) * n)),
+                      gi == group_rows - 1, gj == group_cols - 1)
+                for gi in range(group_rows) for gj in range(group_cols)]
+
+    def run_group(self, net_in: Tensor, cond: Conditioning, nbh: StreamNeighbourhood, group: Group) -> Tensor:
+        """Network output of one group; `nbh` must hold what the earlier groups left (see stream.py)."""
+        bs = self.net.config.block_size
+        r, c = group.rows, group.cols
+        nbh.begin_group(r, c, group.last_row, group.last_col)
+        region = net_in[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs]
+        return self.net.run_blocks(region, cond, r, c, nbh, self.lr, self.token_offset)
+
     def _stream(self, net_in: Tensor, c_noise: Tensor, grid: tuple[int, int], n: int) -> Tensor:
         cfg = self.net.config
         bs = cfg.block_size
-        rows, cols = grid
         cond = self.net.condition(c_noise, self.vector)
         out = torch.empty(net_in.shape[0], cfg.image_channels, *net_in.shape[-2:], device=net_in.device,
                           dtype=net_in.dtype)
-        nbh = StreamNeighbourhood(cfg.num_layers, cols)
-        group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
-        for gi in range(group_rows):
-            r = range(gi * n, min(rows, (gi + 1) * n))
-            for gj in range(group_cols):
-                c = range(gj * n, min(cols, (gj + 1) * n))
-                nbh.begin_group(r, c, last_row=gi == group_rows - 1, last_col=gj == group_cols - 1)
-                region = net_in[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs]
-                f = self.net.run_blocks(region, cond, r, c, nbh, self.lr, self.token_offset)
-                out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = f
-                if self.on_group is not None:
-                    self.on_group(len(r) * len(c))
+        nbh = StreamNeighbourhood(cfg.num_layers, grid[1])
+        for group in self.groups(grid, n):
+            r, c = group.rows, group.cols
+            out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = self.run_group(net_in, cond, nbh, group)
+            if self.on_group is not None:
+                self.on_group(len(r) * len(c))
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, nbh.peak_cached_bytes)
         return out

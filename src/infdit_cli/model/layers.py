@@ -95,23 +95,32 @@ class UniBALayer(nn.Module):
         self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, layer: int,
         neighbourhood: Neighbourhood, cross: CrossLRAttention | None = None, lr_windows: Tensor | None = None,
     ) -> Tensor:
-        """x: [B, X, Y, T, C] for a grid of blocks; returns the same shape."""
+        """x: [B, X, Y, T, C] for a grid of blocks; returns the same shape.
+
+        Intermediates are dropped as soon as they are used: the four-view keys/values are the
+        largest tensors of a group, and they must not outlive the attention.
+        """
         b, nx, ny, t, c = x.shape
+        n, heads = b * nx * ny, (self.num_heads, self.head_dim)
         shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(4, dim=-1)
         a = modulate(layer_norm(x, self.eps), shift_msa, scale_msa)
-        q, k, v = self.qkv(a).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        q, k, v = self.qkv(a).unflatten(-1, (3, *heads)).unbind(-3)
+        del a
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_pad, v_pad = neighbourhood.pad(layer, k, v)
-        keys, values = four_views(k_pad), four_views(v_pad)
-        if self.block_pos is not None:
-            keys = keys + self.block_pos.to(keys.dtype).repeat_interleave(t, dim=0)
-        n = b * nx * ny
-        o = attention(q.reshape(n, t, self.num_heads, self.head_dim),
-                      keys.reshape(n, 4 * t, self.num_heads, self.head_dim),
-                      values.reshape(n, 4 * t, self.num_heads, self.head_dim))
+        del k, v
+        keys = four_views(k_pad)
+        del k_pad
+        if self.block_pos is not None:  # keys only, one learned offset per segment
+            keys.add_(self.block_pos.to(keys.dtype).repeat_interleave(t, dim=0))
+        values = four_views(v_pad)
+        del v_pad
+        o = attention(q.reshape(n, t, *heads), keys.reshape(n, 4 * t, *heads), values.reshape(n, 4 * t, *heads))
+        del q, keys, values
         x = x + self.proj(o.reshape(b, nx, ny, t, c))
+        del o
         if cross is not None:
             x = x + cross(layer_norm(x, self.eps), lr_windows)
             m = cross.post_norm(x)

@@ -1,0 +1,159 @@
+"""`infdit bench`: the command over `infdit_cli.bench` (register with `app.command("bench")(bench_command)`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from infdit_cli import errors
+from infdit_cli.bench import BenchError, BenchReport, BenchRow, memory_ratios
+from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, pick_device
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def format_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 3600:
+        return f"{s / 3600:.3g} h"
+    if s >= 120:
+        return f"{s / 60:.3g} min"
+    return f"{s:.3g} s"
+
+
+def how_measured(row: BenchRow, num_layers: int) -> str:
+    """'measured ×3', 'extrap. (4 groups)', 'extrap. (1 group × 2/28 layers)' or 'est. (memory)'."""
+    if row.estimated:
+        return f"est. ({row.estimate_reason})"
+    if not row.extrapolated:
+        return f"measured ×{row.repeats}"
+    unit = "group" if row.sample_groups == 1 else "groups"
+    layers = f" × {row.sample_layers}/{num_layers} layers" if row.sample_layers < num_layers else ""
+    return f"extrap. ({row.sample_groups} {unit}{layers})"
+
+
+def render(report: BenchReport, console: Console) -> None:
+    """The human-readable report: machine and model lines, one table, the memory ratios."""
+    if not console.is_terminal:  # pipes and files: do not squeeze the table into 80 columns
+        console = Console(file=console.file, width=max(console.width, 160), no_color=console.no_color)
+    m, model, s = report.machine, report.model, report.settings
+    cuda = m.device.startswith("cuda")
+    peak = f", bf16 matmul peak {m.matmul_peak_tflops:.0f} TFLOP/s" if m.matmul_peak_tflops else ""
+    load = f", load {m.load_average:.1f}" if m.load_average is not None and not cuda else ""
+    console.print(f"[bold]machine[/] {escape(m.device_name)} ({m.device}), {m.cpu_cores} CPU cores "
+                  f"({m.torch_threads} torch threads{load}), {format_bytes(m.total_memory_bytes)}, "
+                  f"torch {m.torch_version}{peak}", highlight=False)
+    weights = "random weights (timing only: values do not change time or memory)" if model["random_weights"] \
+        else "loaded weights"
+    console.print(f"[bold]model[/] {escape(str(model['name']))}: {model['parameters'] / 1e6:.1f} M parameters, "
+                  f"{model['num_layers']} layers, hidden {model['hidden_size']}, {weights}", highlight=False)
+    console.print(f"[bold]run[/] one network call (NFE) on random input; projected run = "
+                  f"{s['nfe']} NFE ({s['sampler']}, {s['steps']} steps); time budget {s['time_budget_s']:g} s per row",
+                  highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["size", "path", "n", "dtype", "s / NFE", f"run ({s['nfe']} NFE)",
+            "peak memory" if cuda else "peak (acct)", "KV band", "TFLOP/s", "% peak" if cuda else "RSS growth", "how"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("size", "path", "dtype", "how") else "right", no_wrap=True)
+    for r in report.rows:
+        mem = format_bytes(r.peak_memory_bytes)
+        kv = "-" if r.path == "whole" else format_bytes(r.kv_bytes)
+        tail = (f"{r.pct_of_peak:.0f}%" if r.pct_of_peak is not None else "-") if cuda \
+            else format_bytes(r.rss_peak_growth_bytes)
+        n = "-" if r.block_batch is None else (f"{r.block_batch} (auto)" if r.block_batch_requested == "auto"
+                                               else str(r.block_batch))
+        table.add_row(f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_seconds(r.seconds_per_nfe),
+                      format_seconds(r.projected_run_seconds), mem, kv,
+                      "-" if r.tflops is None else f"{r.tflops:.3g}", tail, how_measured(r, model["num_layers"]))
+    console.print(table)
+    for streamed, whole in memory_ratios(report.rows):
+        est = " (whole estimated)" if whole.estimated else ""
+        console.print(f"memory {streamed.resolution[0]}x{streamed.resolution[1]} {streamed.dtype}: streamed "
+                      f"n={streamed.block_batch} {format_bytes(streamed.peak_memory_bytes)} : whole "
+                      f"{format_bytes(whole.peak_memory_bytes)} = 1 : "
+                      f"{whole.peak_memory_bytes / streamed.peak_memory_bytes:.3g}{est}", highlight=False)
+    notes = ["KV band: the engine's measured peak on full calls, calculated from the grid (stream_kv_bytes) "
+             "on extrapolated ones", "est. rows were not run: memory from whole_image_memory_bytes, no time"]
+    if not cuda:
+        notes.insert(0, "peak (acct) = engine accounting: weights + KV band + activations + the call's pixels; "
+                        "RSS growth = measured process peak (VmHWM) over the timed part only")
+    for note in notes:
+        console.print(note, highlight=False, style="dim", soft_wrap=True)
+
+
+def _load(model: str | None, preset_name: str | None, device: Any, dtype: Any) -> tuple[Any, str | None]:
+    if model and preset_name:
+        raise BenchError("give either --model or --preset, not both")
+    if not model:
+        return preset_name or "x4", None
+    from infdit_cli.weights import load_model, resolve_model
+
+    files = resolve_model(model)
+    return load_model(files.weights, device=device, dtype=dtype), model
+
+
+def _bench(resolution: list[str] | None, model: str | None, preset_name: str | None, block_batch: list[str] | None,
+           dtype: str, device: str, steps: int, sampler: str, whole: bool, as_json: bool, time_budget: float,
+           threads: int | None) -> None:
+    import torch
+
+    from infdit_cli.bench import parse_block_batch, parse_resolution, run_bench
+
+    if threads is not None:
+        if threads < 1:
+            raise BenchError("--threads must be at least 1")
+        torch.set_num_threads(threads)
+    sizes = [parse_resolution(r) for r in (resolution or ["4096"])]
+    batches = [parse_block_batch(b) for b in (block_batch or ["auto"])]
+    dev = pick_device(device)
+    dt = parse_dtype(dtype, dev.type)
+    net, source = _load(model, preset_name, dev, dt)
+    report = run_bench(net, sizes, batches, dt, dev, steps=steps, sampler=sampler, include_whole=whole,
+                       time_budget_s=time_budget, source=source,
+                       progress=lambda msg: info(msg, style="dim"))
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        render(report, out)
+
+
+@cli_errors
+def bench_command(
+    resolution: Annotated[list[str] | None, typer.Option(
+        "--resolution", "-r", help="Output size: 4096 or WxH (repeatable). Default 4096.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model file, folder or hub id (org/name).")] = None,
+    preset_name: Annotated[str | None, typer.Option(
+        "--preset", help="Preset with random weights instead of --model (x4, base, small, tiny). Default x4.")] = None,
+    block_batch: Annotated[list[str] | None, typer.Option(
+        "--block-batch", "-n", help="Block batch n or auto (repeatable: one row each). Default auto.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    steps: Annotated[int, typer.Option(help="Sampler steps for the projected run time.")] = 20,
+    sampler: Annotated[str, typer.Option(help="Sampler whose NFE count projects the run time.")] = "heun-edm",
+    whole: Annotated[bool, typer.Option(
+        "--whole/--no-whole", help="Also the whole-image path (measured if it fits, else estimated).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
+    time_budget: Annotated[float, typer.Option(
+        help="Timing seconds per row; slower calls are extrapolated from sampled block groups.")] = 60.0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+) -> None:
+    """Time one network call (NFE) and its memory, streamed vs whole image, on random input."""
+    try:
+        _bench(resolution, model, preset_name, block_batch, dtype, device, steps, sampler, whole, as_json,
+               time_budget, threads)
+    except BenchError as exc:
+        raise fail(errors.one_line(exc)) from None

@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from infdit_cli import __version__, errors
-from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, report_error
 from infdit_cli.cli_bench import bench_command
+from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, report_error
+from infdit_cli.cli_train import eval_command, train_command
 from infdit_cli.cli_upscale import upscale_command
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -33,6 +34,8 @@ def _root(
 
 app.command("upscale")(upscale_command)
 app.command("bench")(bench_command)
+app.command("train")(train_command)
+app.command("eval")(eval_command)
 
 
 @app.command("convert")

@@ -404,6 +404,9 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     log = (out / LOG_FILE).open("a")
     save_every = config.save_every or config.val_every
     start = time.perf_counter() - seconds
+    if step == 0 and val_crops is not None and config.val_every:  # baseline of a fresh run
+        ema_model.load_state_dict(ema)
+        val_history.append((0, validation_loss(ema_model, val_crops, config.val_sigmas, config.seed, vector_fn, bf16)))
     try:
         while step < config.steps:
             loss = _train_step(model, opt, source, config, mc, step, device, bf16, vector_fn)

@@ -28,8 +28,8 @@ def block_rope(
     """cos/sin of shape [X, Y, T, head_dim] for a grid of blocks, tokens row-major inside a block."""
     t = block_tokens
     inner = torch.arange(t, device=device)
-    br = torch.tensor(list(block_rows), device=device)
-    bc = torch.tensor(list(block_cols), device=device)
+    br = torch.arange(block_rows.start, block_rows.stop, device=device)  # no host-to-device copy per group
+    bc = torch.arange(block_cols.start, block_cols.stop, device=device)
     rows = (br[:, None] * t + inner[None, :]) + token_offset[0]  # [X, t]
     cols = (bc[:, None] * t + inner[None, :]) + token_offset[1]  # [Y, t]
     rows = rows[:, None, :, None].expand(len(br), len(bc), t, t)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -116,4 +116,4 @@ def convert_checkpoint(
     return ConvertReport(config, model_path, clip_path, result)
 
 
-__all__ = ["ConversionError", "convert_checkpoint", "read_official_checkpoint", "replace"]
+__all__ = ["ConversionError", "ConvertReport", "convert_checkpoint", "read_official_checkpoint"]

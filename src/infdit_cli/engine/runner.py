@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -42,7 +42,6 @@ class EngineStats:
     peak_device_bytes: int = 0  # CUDA: max_memory_allocated during the calls
     block_batch: int = 0
     oom_retries: int = 0
-    block_batches_used: list[int] = field(default_factory=list)
 
 
 def flops_per_call(config: ModelConfig, grid: tuple[int, int]) -> float:
@@ -137,7 +136,6 @@ class StreamedRunner(_RunnerBase):
                 self.stats.oom_retries += 1
                 self.stats.block_batch = self.block_batch
                 torch.cuda.empty_cache()
-        self.stats.block_batches_used.append(self.block_batch)
         self._record(grid, start, net_in.device)
         return out
 

@@ -29,6 +29,7 @@ from infdit_cli.engine.memory import (
     estimate_memory,
     group_activation_bytes,
     io_bytes,
+    meminfo_bytes,
     plan_block_batch,
     stream_kv_bytes,
     whole_image_memory_bytes,
@@ -117,14 +118,7 @@ def cpu_model() -> str:
 
 
 def _ram_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return meminfo_bytes("MemTotal") or 0
 
 
 def matmul_peak_tflops(device: torch.device, size: int = 8192, reps: int = 20) -> float:

@@ -177,7 +177,8 @@ def upscale_command(
                     _preflight(job, image.size, scale, plans, upscaler, flops_per_s)
                 task = progress.add_task(job.source.name, total=total)
                 tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
-                result = upscaler.upscale(tensor, options, on_blocks=lambda n, t=task: progress.advance(t, n))
+                result = upscaler.upscale(tensor, options, on_blocks=lambda n, t=task: progress.advance(t, n),
+                                          plans=plans)
                 alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
                 save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
             except errors.USER_ERRORS as exc:

@@ -157,10 +157,15 @@ class Upscaler:
 
     def upscale(
         self, image: Tensor, options: UpscaleOptions, on_blocks: Callable[[int], None] | None = None,
+        plans: list[PassPlan] | None = None,
     ) -> UpscaleResult:
-        """image: [1, 3, h, w] in [0, 1]. on_blocks(n) is called as blocks finish (for progress)."""
+        """image: [1, 3, h, w] in [0, 1]. on_blocks(n) is called as blocks finish (for progress).
+
+        `plans` from an earlier `plan()` (e.g. the one a pre-flight line reported) are run as they are.
+        """
         options.validate()
-        plans = self.plan(tuple(image.shape[-2:]), options)
+        if plans is None:
+            plans = self.plan(tuple(image.shape[-2:]), options)
         start = time.perf_counter()
         x = image.float()
         stats = []

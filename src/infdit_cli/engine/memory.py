@@ -119,19 +119,25 @@ def whole_image_memory_bytes(config: ModelConfig, grid: tuple[int, int], dtype: 
     return weights + group_activation_bytes(config, rows, cols, dtype) + io_bytes(cols * bs, rows * bs)
 
 
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field (e.g. "MemAvailable") in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes free for us: CUDA free memory, or the system's available RAM."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    available = meminfo_bytes("MemAvailable")
+    return available if available is not None else 8 << 30
 
 
 def plan_block_batch(

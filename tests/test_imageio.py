@@ -14,19 +14,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms
 
-from infdit_cli import imageio
 from infdit_cli.imageio import (
     InputError,
     LoadedImage,
     OutputError,
     check_output_size,
-    crop,
+    encode,
     format_losses,
     load_image,
-    pad_to_multiple,
     save_image,
-    upscale_alpha,
+    supports_alpha,
 )
+from infdit_cli.preprocess import crop, pad_to_multiple, upscale_alpha
 
 RNG = np.random.default_rng(1234)
 
@@ -119,9 +118,9 @@ def test_16bit_png_written_by_us_decodes_with_libpng(tmp_path: Path, channels: i
 @pytest.mark.parametrize("compress", [True, False])
 def test_16bit_tiff_round_trip(tmp_path: Path, channels: int, compress: bool) -> None:
     a = rand16(6, 7, channels)
-    meta = imageio._Meta(icc=None, exif=None, xmp=None, dpi=(300.0, 300.0))
+    meta = encode._Meta(icc=None, exif=None, xmp=None, dpi=(300.0, 300.0))
     with open(tmp_path / "in.tif", "wb") as f:
-        imageio._write_tiff(f, a, grey=channels == 1, meta=meta, compress=compress)
+        encode._write_tiff(f, a, grey=channels == 1, meta=meta, compress=compress)
     img, _ = round_trip(tmp_path / "in.tif", tmp_path / "out.tiff")
     assert img.bit_depth == 16 and img.format == "TIFF" and img.dpi == (300.0, 300.0)
     again = load_image(tmp_path / "out.tiff")
@@ -135,7 +134,7 @@ def test_16bit_tiff_round_trip(tmp_path: Path, channels: int, compress: bool) ->
 def test_bigtiff_layout_reads_back(tmp_path: Path) -> None:
     a = rand8(4, 5, 3)
     with open(tmp_path / "big.tif", "wb") as f:
-        imageio._write_tiff(f, a, grey=False, meta=imageio._Meta(None, None, None, None), bigtiff=True)
+        encode._write_tiff(f, a, grey=False, meta=encode._Meta(None, None, None, None), bigtiff=True)
     assert (tmp_path / "big.tif").read_bytes()[:4] == b"II\x2b\x00"
     np.testing.assert_array_equal(to_int(load_image(tmp_path / "big.tif").rgb, 255), a)
 
@@ -286,7 +285,7 @@ def test_jpeg_output_flattens_alpha_onto_white(tmp_path: Path) -> None:
     a = np.zeros((4, 4, 4), np.uint8)
     a[..., 3] = 0  # fully transparent black
     img = load_image(_write(tmp_path / "in.png", a))
-    assert not imageio.supports_alpha("jpg")
+    assert not supports_alpha("jpg")
     assert any("flattened onto white" in m for m in format_losses("jpeg", img))
     save_image(tmp_path / "out.jpg", img.rgb, img.alpha, img)
     assert np.asarray(Image.open(tmp_path / "out.jpg")).min() >= 250
@@ -414,7 +413,7 @@ def test_atomic_save_leaves_nothing_when_the_encoder_fails(
         f.write(b"\x89PNG partial")
         raise error("encoder died")
 
-    monkeypatch.setattr(imageio, "_write_pillow", half_written)
+    monkeypatch.setattr(encode, "_write_pillow", half_written)
     with pytest.raises(OutputError if error is OSError else error):
         save_image(target, img.rgb, None, img)
     assert sorted(os.listdir(target.parent)) == ["result.png"]
@@ -430,7 +429,7 @@ def test_save_uses_hidden_temp_name_and_creates_folders(tmp_path: Path, monkeypa
         seen.append(Path(src).name)
         real_replace(src, dst)
 
-    monkeypatch.setattr(imageio.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     out = save_image(tmp_path / "new" / "deep" / "x.png", img.rgb, None, img)
     assert out.is_file() and seen == [f".x.png.{os.getpid()}.tmp.png"]
 
@@ -482,9 +481,9 @@ def test_upscale_alpha_is_bicubic_and_clipped() -> None:
 
 def test_16bit_colour_orientation_applies_to_both_byte_halves(tmp_path: Path) -> None:
     a = rand16(3, 5, 3)
-    meta = imageio._Meta(icc=None, exif=exif_with(8), xmp=None, dpi=None)
+    meta = encode._Meta(icc=None, exif=exif_with(8), xmp=None, dpi=None)
     with open(tmp_path / "in.png", "wb") as f:
-        imageio._write_png16(f, a, meta=meta)
+        encode._write_png16(f, a, meta=meta)
     img = load_image(tmp_path / "in.png")
     assert img.size == (3, 5) and img.bit_depth == 16
     np.testing.assert_array_equal(to_int(img.rgb, 65535), np.rot90(a, k=1))  # 8 = rotate 90° anticlockwise

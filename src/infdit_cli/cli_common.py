@@ -14,6 +14,11 @@ from rich.markup import escape
 
 from infdit_cli import errors
 
+
+class OptionError(errors.InfditError):
+    """An option value no command can use (unknown device or dtype)."""
+
+
 err = Console(stderr=True)
 out = Console()
 
@@ -46,7 +51,7 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except errors.USER_ERRORS as exc:
+        except errors.InfditError as exc:
             raise fail(errors.one_line(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
@@ -61,7 +66,7 @@ def parse_dtype(name: str, device_type: str) -> Any:
     if name == "auto":
         return torch.bfloat16 if device_type == "cuda" else torch.float32
     if name not in table:
-        raise errors.UpscaleError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
+        raise OptionError(f"unknown dtype {name!r}; use auto, bf16, fp16 or fp32")
     return table[name]
 
 
@@ -75,9 +80,9 @@ def pick_device(name: str) -> Any:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise errors.UpscaleError("--device cuda: no CUDA device is available")
+        raise OptionError("--device cuda: no CUDA device is available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise errors.UpscaleError("--device mps: MPS is not available")
+        raise OptionError("--device mps: MPS is not available")
     if name not in ("cpu", "cuda", "mps"):
-        raise errors.UpscaleError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+        raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
     return torch.device(name)

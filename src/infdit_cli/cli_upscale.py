@@ -101,10 +101,10 @@ def upscale_command(
         load_image,
         output_format,
         save_image,
-        upscale_alpha,
     )
     from infdit_cli.inputs import check_output, collect_inputs, plan_outputs
     from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+    from infdit_cli.preprocess import upscale_alpha
     from infdit_cli.samplers import SamplerOptions, get_sampler
 
     try:
@@ -134,7 +134,7 @@ def upscale_command(
                 if not quiet:
                     info(f"skip {f}: {target} exists")
                 continue
-        except errors.USER_ERRORS as exc:
+        except errors.InfditError as exc:
             report_error(errors.one_line(exc))
             failures += 1
             continue
@@ -181,7 +181,7 @@ def upscale_command(
                                           plans=plans)
                 alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
                 save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
-            except errors.USER_ERRORS as exc:
+            except errors.InfditError as exc:
                 report_error(errors.one_line(exc))
                 failures += 1
                 progress.advance(batch)

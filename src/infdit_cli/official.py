@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.errors import InfditError
 
 CLIP_PREFIX = "image_encoder.model."
 # Official keys that carry nothing the network uses (recomputed buffers, dead parameters).
@@ -26,7 +27,7 @@ CLIP_TEXT_LEFTOVERS = ("token_embedding.", "positional_embedding", "text_project
                        "ln_final.", "transformer.")
 
 
-class ConversionError(ValueError):
+class ConversionError(InfditError):
     """A checkpoint that cannot be turned into a complete model."""
 
 

@@ -19,16 +19,16 @@ from torch import Tensor
 
 from infdit_cli.clip import ClipEncoder
 from infdit_cli.engine import EngineStats, MemoryPlan, StreamedRunner, block_noise, estimate_memory, plan_block_batch
-from infdit_cli.imageio import pad_to_multiple
+from infdit_cli.errors import InfditError
 from infdit_cli.model import EDMDenoiser, InfDiT
-from infdit_cli.preprocess import bicubic_resize, upsample_lr
+from infdit_cli.preprocess import bicubic_resize, pad_to_multiple, upsample_lr
 from infdit_cli.samplers import SamplerOptions, get_sampler, karras_sigmas
 
 SUPPORTED_SCALES = (2, 4, 8, 16)
 PASSES = {2: (2,), 4: (4,), 8: (4, 2), 16: (4, 4)}
 
 
-class UpscaleError(ValueError):
+class UpscaleError(InfditError):
     """Settings that cannot produce an image (one line for the user)."""
 
 

@@ -1,7 +1,12 @@
-"""Turning an LR image into the network's inputs, as the released pipeline does."""
+"""Tensor geometry and turning an LR image into the network's inputs, as the released pipeline does.
+
+Padding to whole blocks (and cropping back), bicubic resizing, alpha upscaling and CLIP's pixels:
+pure tensor functions, no files (the file layer is `infdit_cli.imageio`).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,3 +41,44 @@ def clip_pixels(lr: Tensor, size: int = 224) -> Tensor:
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def upscale_alpha(alpha: np.ndarray | Tensor, scale: int) -> np.ndarray | Tensor:
+    """Bicubic ×scale of an alpha plane [H, W], clipped to [0, 1] (bicubic overshoots at hard edges).
+
+    Returns the same kind of array it was given (numpy, or a tensor on the same device).
+    """
+    is_tensor = isinstance(alpha, Tensor)
+    x = alpha if is_tensor else torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))
+    if x.ndim != 2:
+        raise ValueError(f"alpha must be [H, W], got {list(x.shape)}")
+    h, w = x.shape
+    y = F.interpolate(x[None, None].float(), size=(h * scale, w * scale), mode="bicubic", align_corners=False)
+    y = y[0, 0].clamp_(0.0, 1.0)
+    return y if is_tensor else y.numpy()
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad [B, C, H, W] at the bottom and right up to multiples of `multiple`; returns it and the original (h, w).
+
+    Reflection keeps the statistics of the image's edge (no flat band for the model to invent
+    detail in); where the image is too small to reflect (pad >= side), the edge is replicated.
+    Crop the result with `crop(y, h * scale, w * scale)`: the output is exactly W·s × H·s, never
+    centre-cropped.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_w:
+        x = F.pad(x, (0, pad_w, 0, 0), mode="reflect" if pad_w < w else "replicate")
+    if pad_h:
+        x = F.pad(x, (0, 0, 0, pad_h), mode="reflect" if pad_h < h else "replicate")
+    return x, (h, w)
+
+
+def crop(x: Tensor, h: int, w: int) -> Tensor:
+    """The top-left h × w of [..., H, W]: undoes `pad_to_multiple` (after scaling h and w)."""
+    if x.shape[-2] < h or x.shape[-1] < w:
+        raise ValueError(f"cannot crop {list(x.shape[-2:])} to [{h}, {w}]")
+    return x[..., :h, :w]

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from infdit_cli.atomic import atomic_path
 from infdit_cli.config import ModelConfig
+from infdit_cli.errors import InfditError
 from infdit_cli.model.network import InfDiT
 
 FORMAT_NAME = "infdit"
@@ -26,7 +27,7 @@ CLIP_FILE = "clip_visual.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
-class ModelError(ValueError):
+class ModelError(InfditError):
     """A model that cannot be found or read; the message is one line for the user."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
+from infdit_cli.errors import InfditError
 from infdit_cli.samplers.base import API_VERSION, Sampler, SamplerOptions
 
 GROUP = "infdit.samplers"
@@ -26,7 +27,7 @@ BUILTIN_ENTRY_POINTS: dict[str, str] = {
 }
 
 
-class UnknownSamplerError(ValueError):
+class UnknownSamplerError(InfditError):
     """Unknown or unloadable sampler name; the message is one line, fit for a CLI error."""
 
 

@@ -2,22 +2,77 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
-from rich.table import Table
+from typer.core import TyperGroup
 
 from infdit_cli import __version__, errors
-from infdit_cli.cli_bench import bench_command
 from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, report_error
 from infdit_cli.cli_train import eval_command, train_command
 from infdit_cli.cli_upscale import upscale_command
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+# Commands whose modules import torch when loaded: imported only when run (or asked for --help),
+# so `infdit --help` and the light commands start in well under a second.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {"bench": ("infdit_cli.cli_bench", "bench_command")}
+
+
+def _first_doc_line(module: str, function: str) -> str:
+    """A function's docstring summary read from source, without importing (or running) its module."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ""
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return (ast.get_docstring(node) or "").split("\n\n")[0].replace("\n", " ")
+    return ""
+
+
+class _LazyCommand(click.Command):
+    """Stands in for a command in the listing; parsing and running go to the real one, built on first use."""
+
+    def __init__(self, name: str, module: str, function: str) -> None:
+        super().__init__(name, help=_first_doc_line(module, function))
+        self.module, self.function = module, function
+        self._real: click.Command | None = None
+
+    def real(self) -> click.Command:
+        if self._real is None:
+            single = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+            single.command(self.name)(getattr(importlib.import_module(self.module), self.function))
+            self._real = typer.main.get_command(single)
+        return self._real
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+
+class _Group(TyperGroup):
+    """Typer's group plus the lazily imported commands of LAZY_COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return names[:1] + list(LAZY_COMMANDS) + names[1:]  # upscale, bench, then the rest
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            return _LazyCommand(cmd_name, *LAZY_COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Inf-DiT ultra-high-resolution image upscaler.")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"infdit {__version__}")
@@ -33,7 +88,6 @@ def _root(
 
 
 app.command("upscale")(upscale_command)
-app.command("bench")(bench_command)
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 
@@ -114,6 +168,8 @@ def samplers_command(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title=f"Samplers (network calls for {steps} steps)")
     for col in ("name", "package", "version", "NFE", "status"):
         table.add_column(col)

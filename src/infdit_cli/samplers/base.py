@@ -11,17 +11,42 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported when a sampler runs, not when plugins are listed
+    import torch
+    from torch import Tensor
 
 API_VERSION = 1
 
 # D(x, sigma) -> estimate of the clean image; sigma arrives as a 0-d tensor in the arithmetic dtype.
-Denoiser = Callable[[Tensor, Tensor | float], Tensor]
+Denoiser = Callable[["Tensor", "Tensor | float"], "Tensor"]
 # noise(step_index) -> fresh N(0, 1) tensor shaped like x.
-NoiseFn = Callable[[int], Tensor]
+NoiseFn = Callable[[int], "Tensor"]
+
+
+class _DtypeField:
+    """A dataclass field whose default, torch.float32, is looked up only when read.
+
+    `infdit samplers` builds every plugin with default options to list it; resolving the default
+    lazily keeps that (and `infdit --help`) from importing torch.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default: "float32, resolved on read"
+        value = obj.__dict__.get(self.slot)
+        if value is None:
+            import torch
+
+            return torch.float32
+        return value
+
+    def __set__(self, obj: object, value: Any) -> None:
+        obj.__dict__[self.slot] = value
 
 
 @dataclass(frozen=True)
@@ -36,7 +61,7 @@ class SamplerOptions:
     s_tmin: float = 0.0
     s_tmax: float = math.inf
     s_noise: float = 1.0
-    arithmetic_dtype: torch.dtype = torch.float32
+    arithmetic_dtype: torch.dtype = _DtypeField()  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not self.s_churn >= 0:
@@ -45,8 +70,12 @@ class SamplerOptions:
             raise ValueError(f"s_noise must be >= 0, got {self.s_noise}")
         if not self.s_tmin <= self.s_tmax:
             raise ValueError(f"s_tmin ({self.s_tmin}) must not exceed s_tmax ({self.s_tmax})")
-        if not (isinstance(self.arithmetic_dtype, torch.dtype) and self.arithmetic_dtype.is_floating_point):
-            raise ValueError(f"arithmetic_dtype must be a floating torch.dtype, got {self.arithmetic_dtype!r}")
+        given = self.__dict__.get("_arithmetic_dtype")
+        if given is not None:  # whoever passes a dtype has imported torch already
+            import torch
+
+            if not (isinstance(given, torch.dtype) and given.is_floating_point):
+                raise ValueError(f"arithmetic_dtype must be a floating torch.dtype, got {given!r}")
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from infdit_cli.samplers.base import BaseSampler, Denoiser, NoiseFn, StepCallback, check_num_steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Euler(BaseSampler):
@@ -16,9 +18,16 @@ class Euler(BaseSampler):
     def nfe(self, num_steps: int) -> int:
         return check_num_steps(num_steps)
 
-    @torch.no_grad()
     def sample(
         self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
+    ) -> Tensor:
+        import torch  # here, not at import: listing plugins must not load torch
+
+        with torch.no_grad():
+            return self._sample(denoiser, x, sigmas, noise, callback)
+
+    def _sample(
+        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None
     ) -> Tensor:
         run = self.start(denoiser, x, sigmas, callback)
         x = run.x

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from infdit_cli.samplers.base import BaseSampler, Denoiser, NoiseFn, StepCallback, check_num_steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class HeunEDM(BaseSampler):
@@ -20,9 +22,16 @@ class HeunEDM(BaseSampler):
     def nfe(self, num_steps: int) -> int:
         return 2 * check_num_steps(num_steps) - 1
 
-    @torch.no_grad()
     def sample(
         self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
+    ) -> Tensor:
+        import torch  # here, not at import: listing plugins must not load torch
+
+        with torch.no_grad():
+            return self._sample(denoiser, x, sigmas, noise, callback)
+
+    def _sample(
+        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None
     ) -> Tensor:
         run = self.start(denoiser, x, sigmas, callback)
         x = run.x

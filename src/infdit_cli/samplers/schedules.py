@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from infdit_cli.samplers.base import check_num_steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # The released model's schedule (configs/text2image-sr.yaml).
 DEFAULT_NUM_STEPS = 20
@@ -21,7 +22,7 @@ DEFAULT_SIGMA_MIN = 0.002
 DEFAULT_SIGMA_MAX = 40.0
 DEFAULT_RHO = 7.0
 
-Schedule = Callable[..., Tensor]
+Schedule = Callable[..., "Tensor"]
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> None:
@@ -30,6 +31,8 @@ def _check_range(sigma_min: float, sigma_max: float) -> None:
 
 
 def _append_zero(s: Tensor) -> Tensor:
+    import torch
+
     return torch.cat([s, s.new_zeros(1)])
 
 
@@ -41,6 +44,8 @@ def karras_sigmas(
     _check_range(sigma_min, sigma_max)
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
+    import torch
+
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float32)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _append_zero((hi + ramp * (lo - hi)) ** rho)
@@ -53,6 +58,8 @@ def exponential_sigmas(
     del rho
     check_num_steps(num_steps)
     _check_range(sigma_min, sigma_max)
+    import torch
+
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     log_s = math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))
     return _append_zero(log_s.exp().float())

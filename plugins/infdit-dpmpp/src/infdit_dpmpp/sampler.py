@@ -11,11 +11,12 @@ the (first-order) denoised estimate, as k-diffusion's sample_dpmpp_2m does.
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from infdit_cli.samplers import BaseSampler, Denoiser, NoiseFn, SamplerOptions, StepCallback, check_num_steps
+
+if TYPE_CHECKING:  # torch is imported in sample(): `infdit samplers` lists plugins without loading it
+    from torch import Tensor
 
 
 class DPMPP2M(BaseSampler):
@@ -31,9 +32,16 @@ class DPMPP2M(BaseSampler):
     def nfe(self, num_steps: int) -> int:
         return check_num_steps(num_steps)
 
-    @torch.no_grad()
     def sample(
         self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
+    ) -> Tensor:
+        import torch
+
+        with torch.no_grad():
+            return self._sample(denoiser, x, sigmas, noise, callback)
+
+    def _sample(
+        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None
     ) -> Tensor:
         run = self.start(denoiser, x, sigmas, callback)
         s = run.values  # coefficients in float64 from the (already rounded) schedule values

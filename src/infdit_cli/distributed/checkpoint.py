@@ -1,0 +1,261 @@
+"""Resume inside one image: sampler progress written atomically after every step, replayed exactly.
+
+A sampler plugin (api_version 1) owns its step loop and may keep state we cannot see (a multistep
+solver keeps its previous denoised estimate), so resuming never reaches into it. Instead:
+
+- *state* mode, for samplers whose state at the start of a step is x alone (the built-in
+  ``heun-edm`` and ``euler`` without churn, or any plugin declaring ``resumable_from_state = True``):
+  the input of a step's first denoiser call is x_k itself, so x_k is saved and a rerun calls
+  ``sampler.sample(x_k, sigmas[k:], noise(k + i))``: the same operations on the same numbers.
+- *log* mode, for every other sampler: each denoiser output is saved, and a rerun runs the sampler
+  from x_0 again, answering the finished calls from the log, so its hidden state is rebuilt bit for bit.
+
+Per-block noise is a pure function of (seed, step, block), which is what makes both exact. Each
+file is written to a temporary name and renamed, then the manifest; the two latest states are kept so
+that ranks of a split image, which may stop one step apart, always share a step to resume from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from infdit_cli.errors import InfditError
+from infdit_cli.samplers import StepInfo
+
+STATE_SAMPLERS = frozenset({"infdit_cli.samplers.heun:HeunEDM", "infdit_cli.samplers.euler:Euler"})
+FORMAT = 1
+
+# Given this rank's resumable positions, the largest one every rank has (identity for one process).
+Agree = Callable[[list[int]], int]
+
+
+class CheckpointError(InfditError):
+    """A checkpoint that cannot be used for this command (one line for the user)."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def tensor_digest(t: Tensor) -> str:
+    """Hash of a tensor's dtype, shape and bytes (bitwise identity)."""
+    t = t.detach().contiguous().cpu()
+    head = f"{t.dtype}{tuple(t.shape)}".encode()
+    return _digest(head + t.view(torch.uint8).numpy().tobytes() if t.numel() else head)
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer: another model or other weights never resume a run."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor_digest(t).encode())
+    return h.hexdigest()
+
+
+def sampler_id(sampler: Any) -> str:
+    cls = type(sampler)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def uses_state(sampler: Any) -> bool:
+    """True when x alone is the sampler's state at a step start and a step's first call sees it."""
+    options = getattr(sampler, "options", None)
+    if getattr(options, "s_churn", 0.0) != 0.0:  # churn: the first call sees x + noise, not x
+        return False
+    return sampler_id(sampler) in STATE_SAMPLERS or getattr(sampler, "resumable_from_state", False) is True
+
+
+def _agree_alone(positions: list[int]) -> int:
+    return max(positions)
+
+
+@dataclass
+class _Manifest:
+    fingerprint: dict[str, str]
+    mode: str  # "state" or "log"
+    steps: list[int] = field(default_factory=list)  # state mode: saved x_k, oldest first (at most two)
+    calls: int = 0  # log mode: saved denoiser outputs
+    done: bool = False
+
+
+class Checkpoint:
+    """One image's checkpoint folder; `sample` is a pipeline SampleHook that saves and resumes."""
+
+    def __init__(self, folder: Path, model_hash: str, rank: int = 0, world: int = 1,
+                 agree: Agree = _agree_alone) -> None:
+        self.folder = Path(folder)
+        self.model_hash = model_hash
+        self.rank, self.world = rank, world
+        self.agree = agree
+        self.resumed_from: dict[int, int] = {}  # pass -> step (state) or call (log) it resumed at
+
+    # -- files ---------------------------------------------------------------------------------
+    def _name(self, index: int, what: str, suffix: str) -> Path:
+        rank = f".rank{self.rank}" if self.world > 1 else ""
+        return self.folder / f"pass{index}-{what}{rank}{suffix}"
+
+    def _write_atomic(self, path: Path, write: Callable[[Path], None]) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _save_tensor(self, path: Path, t: Tensor) -> None:
+        self._write_atomic(path, lambda p: save_file({"x": t.detach().contiguous().cpu()}, str(p)))
+
+    def _load_tensor(self, path: Path, device: torch.device) -> Tensor:
+        try:
+            return load_file(str(path))["x"].to(device)
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint file {path} is unreadable ({type(exc).__name__}); "
+                                  f"remove {self.folder} to start over") from None
+
+    def _save_manifest(self, index: int, m: _Manifest) -> None:
+        data = {"format": FORMAT, "fingerprint": m.fingerprint, "mode": m.mode, "steps": m.steps,
+                "calls": m.calls, "done": m.done, "rank": self.rank, "world": self.world}
+        text = json.dumps(data, indent=1, sort_keys=True)
+        self._write_atomic(self._name(index, "manifest", ".json"), lambda p: p.write_text(text))
+
+    def _load_manifest(self, index: int) -> _Manifest | None:
+        path = self._name(index, "manifest", ".json")
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError("format")
+            return _Manifest(data["fingerprint"], data["mode"], list(data["steps"]), int(data["calls"]),
+                             bool(data["done"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} is unreadable; remove {self.folder} to start over") from None
+
+    def clear(self) -> None:
+        """Forget the checkpoint (the image is written); other ranks' files go with the folder."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # -- identity ------------------------------------------------------------------------------
+    def _fingerprint(self, sampler: Any, x0: Tensor, sigmas: Tensor) -> dict[str, str]:
+        options = getattr(sampler, "options", None)
+        return {
+            "model": self.model_hash,
+            "input image, seed and scale": tensor_digest(x0),
+            "sampler": f"{getattr(sampler, 'name', '?')} {sampler_id(sampler)} {options!r}",
+            "schedule (steps, sigma-min/max, rho)": tensor_digest(sigmas.float()),
+            "ranks": f"rank {self.rank} of {self.world}",
+        }
+
+    def _check(self, stored: dict[str, str], now: dict[str, str]) -> None:
+        for key, value in now.items():
+            if stored.get(key) != value:
+                what = "number of ranks" if key == "ranks" else key
+                raise CheckpointError(f"checkpoint {self.folder} belongs to another run (different {what}); "
+                                      "rerun the same command, or remove it or pass another --checkpoint")
+
+    # -- the hook ------------------------------------------------------------------------------
+    def sample(self, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor, sigmas: Tensor,
+               noise: Callable[[int], Tensor], index: int) -> Tensor:
+        """Run (or continue) one pass's sampling, saving progress after every step."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mode = "state" if uses_state(sampler) else "log"
+        fingerprint = self._fingerprint(sampler, x0, sigmas)
+        num_steps = len(sigmas) - 1
+        manifest = self._load_manifest(index)
+        if manifest is not None:
+            self._check(manifest.fingerprint, fingerprint)
+        else:
+            other = f"pass{index}-manifest.json" if self.world > 1 else f"pass{index}-manifest.rank*.json"
+            if any(self.folder.glob(other)):  # written by a run with another number of ranks
+                self._check({}, {"ranks": fingerprint["ranks"]})
+            manifest = _Manifest(fingerprint, mode)
+        if mode == "state":
+            return self._run_state(manifest, sampler, denoiser, x0, sigmas, noise, index, num_steps)
+        return self._run_log(manifest, sampler, denoiser, x0, sigmas, noise, index)
+
+    def _finish(self, manifest: _Manifest, index: int, out: Tensor) -> Tensor:
+        self._save_tensor(self._name(index, "done", ".safetensors"), out)
+        manifest.done = True
+        self._save_manifest(index, manifest)
+        return out
+
+    def _run_state(self, manifest: _Manifest, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor,
+                   sigmas: Tensor, noise: Callable[[int], Tensor], index: int, num_steps: int) -> Tensor:
+        have = [0] + manifest.steps + ([num_steps] if manifest.done else [])
+        start = self.agree(sorted(set(have)))
+        self.resumed_from[index] = start
+        if start == num_steps:
+            return self._load_tensor(self._name(index, "done", ".safetensors"), x0.device)
+        x = x0 if start == 0 else self._load_tensor(self._name(index, f"step{start}", ".safetensors"), x0.device)
+        manifest.done = False
+        manifest.steps = [s for s in manifest.steps if s <= start]
+        last_input: list[Tensor] = []
+        current = [start - 1 if start else -1]
+
+        def watched(x_in: Tensor, sigma: Tensor | float) -> Tensor:
+            last_input[:] = [x_in]
+            return denoiser(x_in, sigma)
+
+        def on_call(info: StepInfo) -> None:
+            step = start + info.step
+            if step == current[0]:
+                return
+            current[0] = step  # this call began step `step`: its input is x_step
+            if step == 0 or step in manifest.steps:
+                return
+            self._save_tensor(self._name(index, f"step{step}", ".safetensors"), last_input[0])
+            dropped = manifest.steps[:-1]
+            manifest.steps = manifest.steps[-1:] + [step]
+            self._save_manifest(index, manifest)
+            for old in dropped:
+                self._name(index, f"step{old}", ".safetensors").unlink(missing_ok=True)
+
+        out = sampler.sample(watched, x, sigmas[start:], lambda i: noise(i + start), on_call)
+        return self._finish(manifest, index, out)
+
+    def _run_log(self, manifest: _Manifest, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor,
+                 sigmas: Tensor, noise: Callable[[int], Tensor], index: int) -> Tensor:
+        nfe = sampler.nfe(len(sigmas) - 1)
+        have = list(range(min(manifest.calls, nfe) + 1)) + ([nfe + 1] if manifest.done else [])
+        total = self.agree(have)  # calls answered from the log; nfe + 1: the pass is finished
+        self.resumed_from[index] = total
+        if total == nfe + 1:
+            return self._load_tensor(self._name(index, "done", ".safetensors"), x0.device)
+        manifest.done = False
+        manifest.calls = total
+        calls = [0]
+
+        def replayed(x_in: Tensor, sigma: Tensor | float) -> Tensor:
+            j = calls[0]
+            calls[0] += 1
+            if j < total:
+                return self._load_tensor(self._name(index, f"call{j}", ".safetensors"), x_in.device)
+            out = denoiser(x_in, sigma)
+            self._save_tensor(self._name(index, f"call{j}", ".safetensors"), out)
+            manifest.calls = j + 1
+            self._save_manifest(index, manifest)
+            return out
+
+        out = sampler.sample(replayed, x0, sigmas, noise)
+        return self._finish(manifest, index, out)
+
+
+def image_checkpoint(root: Path, target: Path, model_hash: str, rank: int = 0, world: int = 1,
+                     agree: Agree = _agree_alone) -> Checkpoint:
+    """The checkpoint folder of one output file under the user's --checkpoint DIR."""
+    key = _digest(str(Path(target).resolve()).encode())[:10]
+    return Checkpoint(Path(root) / f"{Path(target).name}-{key}", model_hash, rank, world, agree)

@@ -1,0 +1,151 @@
+"""Rank topology from torchrun's environment, the process group, and one-line errors for lost peers.
+
+torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT)
+starts one process per device; everything here reads that environment, so the same command runs
+alone, on N GPUs of one machine, or across nodes. Any failure of a peer (killed, crashed,
+unreachable, never started) becomes a `DistributedError` with one line for stderr, never a hang:
+every wait is bounded by `INFDIT_DIST_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from infdit_cli.errors import InfditError
+
+DEFAULT_TIMEOUT_S = 900.0
+TIMEOUT_ENV = "INFDIT_DIST_TIMEOUT"
+
+
+class DistributedError(InfditError):
+    """A peer rank failed, vanished or disagreed; the message is one line naming this rank."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: global rank, world size and the device index on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = Ranks()
+
+
+def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
+    """Read torchrun's variables; a plain run (none set, or WORLD_SIZE=1) is rank 0 of 1."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise DistributedError("RANK, WORLD_SIZE and LOCAL_RANK must be integers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise DistributedError(f"bad rank environment: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}")
+    return Ranks(rank, world, local)
+
+
+def timeout_seconds(env: Mapping[str, str] | None = None) -> float:
+    """How long any wait for a peer may last before the job ends with an error."""
+    env = os.environ if env is None else env
+    try:
+        value = float(env.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise DistributedError(f"{TIMEOUT_ENV} must be a number of seconds") from None
+    if value <= 0:
+        raise DistributedError(f"{TIMEOUT_ENV} must be positive")
+    return value
+
+
+def rank_device(requested: torch.device, ranks: Ranks) -> torch.device:
+    """CUDA ranks each take the GPU numbered by LOCAL_RANK; CPU and MPS are shared."""
+    if requested.type != "cuda" or not ranks.distributed:
+        return requested
+    count = torch.cuda.device_count()
+    if ranks.local_rank >= count:
+        raise DistributedError(f"rank {ranks.rank}: LOCAL_RANK {ranks.local_rank} but only {count} CUDA device(s)")
+    torch.cuda.set_device(ranks.local_rank)
+    return torch.device("cuda", ranks.local_rank)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+@contextmanager
+def peer_errors(ranks: Ranks, what: str) -> Iterator[None]:
+    """Turn any communication failure inside the block into one DistributedError line."""
+    try:
+        yield
+    except DistributedError:
+        raise
+    except (RuntimeError, TimeoutError, ConnectionError) as exc:  # DistError, DistBackendError are RuntimeErrors
+        raise DistributedError(
+            f"rank {ranks.rank} of {ranks.world}: {what} failed, a peer rank stopped or is unreachable "
+            f"({_first_line(exc)})") from None
+
+
+def start(ranks: Ranks, device: torch.device) -> None:
+    """Join the process group (gloo for CPU tensors, NCCL for CUDA ones); no-op for a single process."""
+    import torch.distributed as dist
+
+    if not ranks.distributed or dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+    with peer_errors(ranks, f"joining the job at {os.environ.get('MASTER_ADDR', '?')}:"
+                            f"{os.environ.get('MASTER_PORT', '?')}"):
+        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world,
+                                timeout=datetime.timedelta(seconds=timeout_seconds()))
+
+
+def stop() -> None:
+    """Leave the process group (quietly: after a peer failure there is nobody to say goodbye to)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:
+            pass
+
+
+def all_gather(ranks: Ranks, obj: Any, what: str) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not ranks.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ranks.world
+    with peer_errors(ranks, what):
+        dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(ranks: Ranks, obj: Any, what: str) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not ranks.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if ranks.is_root else None]
+    with peer_errors(ranks, what):
+        dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,140 @@
+"""Resume inside one image: a run stopped after any call and resumed equals the uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError, uses_state
+from infdit_cli.engine.noise import block_noise
+from infdit_cli.samplers import BaseSampler, SamplerOptions, check_num_steps, get_sampler, karras_sigmas
+
+
+class Stop(Exception):
+    """Stands in for the process being killed."""
+
+
+class TwoStep(BaseSampler):
+    """A multistep sampler with hidden state (the previous denoised estimate), like DPM-Solver++(2M)."""
+
+    name = "two-step"
+
+    def nfe(self, num_steps: int) -> int:
+        return check_num_steps(num_steps)
+
+    def sample(self, denoiser, x, sigmas, noise, callback=None):
+        run = self.start(denoiser, x, sigmas, callback)
+        x, previous = run.x, None
+        for i in range(run.num_steps):
+            d = run.denoise(x, run.sigmas[i], i)
+            target = d if previous is None else 1.5 * d - 0.5 * previous
+            x = x + (run.sigmas[i + 1] - run.sigmas[i]) * (x - target) / run.sigmas[i] + 0.01 * noise(i)
+            previous = d
+        return run.finish(x)
+
+
+def _denoiser(limit: int | None = None):
+    calls = [0]
+
+    def d(x, sigma):
+        calls[0] += 1
+        if limit is not None and calls[0] > limit:
+            raise Stop
+        return torch.tanh(x * 0.7) / (1 + float(sigma)) + 0.1 * torch.sin(3 * x)
+
+    d.calls = calls  # type: ignore[attr-defined]
+    return d
+
+
+def _problem(steps: int = 5):
+    sigmas = karras_sigmas(steps, 0.01, 10.0)
+    shape = (1, 3, 16, 32)
+
+    def noise(step: int):
+        return block_noise(3, step + 1, shape, 16)
+
+    return sigmas[0] * block_noise(3, 0, shape, 16), sigmas, noise
+
+
+SAMPLERS = [
+    ("heun-edm", SamplerOptions(), "state"),
+    ("euler", SamplerOptions(arithmetic_dtype=torch.bfloat16), "state"),
+    ("heun-edm", SamplerOptions(s_churn=2.0), "log"),  # churn: the first call of a step does not see x
+    ("two-step", SamplerOptions(), "log"),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "mode"), SAMPLERS, ids=[f"{s[0]}-{s[2]}" for s in SAMPLERS])
+def test_stopped_after_any_call_and_resumed_equals_uninterrupted(tmp_path, name, options, mode):
+    sampler = TwoStep(options) if name == "two-step" else get_sampler(name, options)
+    assert uses_state(sampler) == (mode == "state")
+    x0, sigmas, noise = _problem()
+    reference = sampler.sample(_denoiser(), x0, sigmas, noise)
+    nfe = sampler.nfe(len(sigmas) - 1)
+    for stop_after in range(1, nfe):
+        folder = tmp_path / f"ck{stop_after}"
+        with pytest.raises(Stop):
+            Checkpoint(folder, "m").sample(sampler, _denoiser(stop_after), x0, sigmas, noise, 0)
+        again = Checkpoint(folder, "m")
+        resumed_calls = _denoiser()
+        out = again.sample(sampler, resumed_calls, x0, sigmas, noise, 0)
+        assert torch.equal(out.float(), reference.float()), f"stopped after call {stop_after}"
+        if again.resumed_from[0] > 0:
+            assert resumed_calls.calls[0] < nfe  # work was really saved, not redone
+        assert again.resumed_from[0] > 0 or stop_after < nfe - 1
+    # A finished pass is answered from its checkpoint without a single call.
+    done = _denoiser(limit=0)
+    assert torch.equal(Checkpoint(tmp_path / f"ck{nfe - 1}", "m").sample(sampler, done, x0, sigmas, noise, 0).float(),
+                       reference.float())
+
+
+def test_state_mode_keeps_two_states_only(tmp_path):
+    sampler = get_sampler("heun-edm")
+    x0, sigmas, noise = _problem(6)
+    with pytest.raises(Stop):  # calls 7 and 8 are step 3: states x_1, x_2, x_3 were seen, the last two kept
+        Checkpoint(tmp_path, "m").sample(sampler, _denoiser(8), x0, sigmas, noise, 0)
+    assert sorted(p.name for p in tmp_path.glob("pass0-step*")) == ["pass0-step2.safetensors",
+                                                                    "pass0-step3.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_mismatched_run_refuses_with_one_line(tmp_path):
+    sampler = get_sampler("euler")
+    x0, sigmas, noise = _problem()
+    with pytest.raises(Stop):
+        Checkpoint(tmp_path, "model-a").sample(sampler, _denoiser(2), x0, sigmas, noise, 0)
+    cases = {
+        "model": (Checkpoint(tmp_path, "model-b"), sampler, x0, sigmas),
+        "input image, seed and scale": (Checkpoint(tmp_path, "model-a"), sampler, x0 + 1, sigmas),
+        "sampler": (Checkpoint(tmp_path, "model-a"), get_sampler("heun-edm"), x0, sigmas),
+        "schedule": (Checkpoint(tmp_path, "model-a"), sampler, x0, karras_sigmas(6, 0.01, 10.0)),
+        "number of ranks": (Checkpoint(tmp_path, "model-a", rank=0, world=2), sampler, x0, sigmas),
+    }
+    for what, (ck, s, x, sig) in cases.items():
+        with pytest.raises(CheckpointError, match=what.split()[0]) as info:
+            ck.sample(s, _denoiser(), x, sig, noise, 0)
+        assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_ranks_resume_from_the_step_they_all_have(tmp_path):
+    """Rank files that stopped a step apart resume from the newest step both hold."""
+    sampler = get_sampler("euler")
+    x0, sigmas, noise = _problem(6)
+    reference = sampler.sample(_denoiser(), x0, sigmas, noise)
+    for rank, stop in ((0, 4), (1, 3)):
+        with pytest.raises(Stop):
+            Checkpoint(tmp_path, "m", rank, 2).sample(sampler, _denoiser(stop), x0, sigmas, noise, 0)
+    held = {r: sorted(int(p.name.split("step")[1].split(".")[0]) for p in tmp_path.glob(f"pass0-step*.rank{r}.*"))
+            for r in (0, 1)}
+    assert held == {0: [2, 3], 1: [1, 2]}
+    common = [2]
+
+    def agree(mine: list[int]) -> int:
+        return max(set(mine) & {0, *held[0]} & {0, *held[1]})
+
+    ck = Checkpoint(tmp_path, "m", 0, 2, agree)
+    out = ck.sample(sampler, _denoiser(), x0, sigmas, noise, 0)
+    assert ck.resumed_from[0] == common[0] and torch.equal(out, reference)
+    assert math.isfinite(out.abs().max().item())

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,6 +80,23 @@ class UpscaleResult:
     passes: list[PassPlan]
     stats: list[EngineStats] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass
+class PassInputs:
+    """One pass's sampling inputs: the concat LR, the cross-attention LR, CLIP vector, schedule, seed."""
+
+    lr_up: Tensor  # [1, 3, H, W] bicubic-upsampled padded LR in [-1, 1], H and W whole blocks
+    model_lr: Tensor | None  # what the nearby-LR cross attention reads (None: model without it)
+    vector: Tensor | None  # CLIP image embedding (None: model without CLIP)
+    sigmas: Tensor
+    seed: int  # the pass's noise seed (block noise is drawn from (seed, step, block row, block column))
+    crop: tuple[int, int]  # (h, w) of the real image inside the padded output
+    index: int  # pass number (×8 and ×16 run two)
+
+
+# (sampler, denoiser, x0, sigmas, noise, pass index) -> sampled x; the default is sampler.sample.
+SampleHook = Callable[[Any, Callable[..., Tensor], Tensor, Tensor, Callable[[int], Tensor], int], Tensor]
 
 
 SAMPLING_FIELDS = ("sampler", "steps", "sigma_min", "sigma_max", "rho", "churn")
@@ -157,11 +175,12 @@ class Upscaler:
 
     def upscale(
         self, image: Tensor, options: UpscaleOptions, on_blocks: Callable[[int], None] | None = None,
-        plans: list[PassPlan] | None = None,
+        plans: list[PassPlan] | None = None, sample: SampleHook | None = None,
     ) -> UpscaleResult:
         """image: [1, 3, h, w] in [0, 1]. on_blocks(n) is called as blocks finish (for progress).
 
         `plans` from an earlier `plan()` (e.g. the one a pre-flight line reported) are run as they are.
+        `sample` replaces the plain `sampler.sample` call (e.g. checkpointed, resumable sampling).
         """
         options.validate()
         if plans is None:
@@ -170,13 +189,13 @@ class Upscaler:
         x = image.float()
         stats = []
         for index, plan in enumerate(plans):
-            x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks)
+            x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks, sample=sample)
             stats.append(st)
         return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start)
 
     @torch.no_grad()
-    def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, seed_offset: int,
-                  on_blocks: Callable[[int], None] | None) -> tuple[Tensor, EngineStats]:
+    def pass_inputs(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, index: int) -> PassInputs:
+        """What one pass's sampling starts from, before any network call (shared with split-image runs)."""
         f, cfg, dev = plan.factor, self.config, self.device
         lr = image01.to(dev) * 2 - 1
         lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f)
@@ -188,20 +207,33 @@ class Upscaler:
             model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] // ratio, lr_pad.shape[-1] // ratio))
             clip_lr = bicubic_resize(lr, (max(1, h // ratio), max(1, w // ratio)))
         vector = self.condition_vector(clip_lr, options)
-        runner = StreamedRunner(self.model, model_lr.to(self.dtype) if cfg.cross_lr else None,
-                                vector, plan.memory.block_batch, on_group=on_blocks)
+        sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho).to(dev)
+        return PassInputs(lr_up, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
+                          options.seed + 1_000_003 * index, (h * f, w * f), index)
+
+    @torch.no_grad()
+    def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, seed_offset: int,
+                  on_blocks: Callable[[int], None] | None, sample: SampleHook | None = None,
+                  ) -> tuple[Tensor, EngineStats]:
+        cfg, dev = self.config, self.device
+        inputs = self.pass_inputs(image01, plan, options, seed_offset)
+        lr_up, sigmas, seed = inputs.lr_up, inputs.sigmas, inputs.seed
+        runner = StreamedRunner(self.model, inputs.model_lr, inputs.vector, plan.memory.block_batch,
+                                on_group=on_blocks)
         denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
         sampler = get_sampler(options.sampler, self._sampler_options(options))
-        sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho).to(dev)
-        seed = options.seed + 1_000_003 * seed_offset
         shape = tuple(lr_up.shape)
 
         def noise(step: int) -> Tensor:
             return block_noise(seed, step + 1, shape, cfg.block_size, dev)
 
         x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, cfg.block_size, dev)
-        out = sampler.sample(denoiser, x0, sigmas, noise)
-        out = out.float()[..., : h * f, : w * f]
+        if sample is None:
+            out = sampler.sample(denoiser, x0, sigmas, noise)
+        else:
+            out = sample(sampler, denoiser, x0, sigmas, noise, inputs.index)
+        h, w = inputs.crop
+        out = out.float()[..., :h, :w]
         return ((out + 1) / 2).clamp(0, 1), runner.stats
 
 

@@ -49,6 +49,14 @@ class Summary:
     skipped: int
     ranks: int
 
+    def line(self) -> str:
+        """One line for stderr: what the whole job did, naming the files that failed and their ranks."""
+        text = f"{len(self.outputs)} written, {len(self.failures)} failed, {self.skipped} skipped on {self.ranks} ranks"
+        if self.failures:
+            text += ": " + ", ".join(f"{Path(f['input']).name} (rank {f['rank']})" for f in self.failures[:5])
+            text += ", ..." if len(self.failures) > 5 else ""
+        return text
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"outputs": self.outputs, "failed": len(self.failures), "skipped": self.skipped}
         if self.ranks > 1:

@@ -1,9 +1,29 @@
-"""What every `infdit` command shares: consoles, one-line errors, device and dtype choice."""
+"""What every `infdit` command shares: consoles, one-line errors, device and dtype choice, and one
+vocabulary of options.
+
+The vocabulary (every command that has the idea spells it this way; new commands follow it):
+
+- `-o/--output PATH`   where results are written (a file or a folder; never a positional argument,
+                       never `--out`).
+- `--dtype {auto,fp32,bf16,fp16}`   weight/activation precision, `Dtype`; `auto` is bf16 on
+                       CUDA and fp32 elsewhere (for `convert`: the checkpoint's own dtype).
+- `--device {auto,cpu,cuda,mps}`   `DEVICE_HELP`; `auto` picks CUDA, then MPS, then the CPU.
+- `--block-batch N|auto`   the streamed group side n (`bench` and `upscale`; `-n` in bench).
+- `--steps N`          sampler steps only (a training length is `--max-steps`).
+- `--sampler NAME`, `--seed N`, `--model PATH_OR_REPO`, `--clip PATH_OR_REPO`   as in upscale.
+- `--json`             a machine-readable summary on stdout (human lines stay on stderr).
+- `-q/--quiet`, `-v/--verbose`   less / more on stderr.
+- Defaults are visible in every `--help`: a default that is not a plain value gets
+  `show_default="..."` (Typer prints it as `[default: ...]`); never write `[default: ...]` into
+  help text, where rich reads it as markup and drops it.
+- `-r` is `--recursive` (inputs); nothing else takes `-r`.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,6 +38,26 @@ from infdit_cli import errors
 class OptionError(errors.InfditError):
     """An option value no command can use (unknown device or dtype)."""
 
+
+class Dtype(str, Enum):
+    """--dtype values (a str Enum: Typer lists and checks the choices; members compare equal to their names)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class SamplerDtype(str, Enum):
+    """--sampler-dtype values: the sampler state in fp32, or in bf16 as the official code keeps it."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+DTYPE_HELP = "Precision: auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = "Device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
 
 err = Console(stderr=True)
 out = Console()
@@ -60,8 +100,10 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def parse_dtype(name: str, device_type: str) -> Any:
+    """The torch dtype for a --dtype value (Dtype or its name)."""
     import torch
 
+    name = getattr(name, "value", name)
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name == "auto":
         return torch.bfloat16 if device_type == "cuda" else torch.float32

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from infdit_cli import errors
 from infdit_cli.cli_common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Dtype,
+    SamplerDtype,
     cli_errors,
     default_model_path,
     err,
@@ -22,8 +25,10 @@ from infdit_cli.cli_common import (
     pick_device,
     report_error,
 )
+from infdit_cli.progress import ImageProgress, format_duration, layer_ticks
 
 DEFAULT_SEED = 0
+PLAIN_PROGRESS_EVERY = 10.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 @dataclass
@@ -63,147 +68,213 @@ def upscale_command(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
     scale: Annotated[int, typer.Option("--scale", "-s", help="2, 4, 8 or 16 (8 and 16 are repeated passes).")] = 4,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Output folder, or a file for one input.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="Output format: png, jpg, webp, tiff, bmp.")] = None,
+        "--output", "-o", help="Output folder, or a file for one input.",
+        show_default="beside each input, as NAME_x4.EXT")] = None,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="Output format: png, jpg, webp, tiff, bmp.", show_default="the input's")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     skip_existing: Annotated[bool, typer.Option(help="Skip inputs whose output exists (resume a batch).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
-    model: Annotated[str | None, typer.Option(help="Model: local folder/file or hub repo org/name[@rev].")] = None,
-    clip: Annotated[str | None, typer.Option(help="CLIP weights: local file or hub repo (models using CLIP).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")] = None,
+    clip: Annotated[str | None, typer.Option(
+        help="CLIP weights: local file or hub repo (models using CLIP).",
+        show_default="the model folder's, else the hub")] = None,
     prompt_pos: Annotated[str | None, typer.Option(help="Text to steer towards (e.g. 'clear').")] = None,
     prompt_neg: Annotated[str | None, typer.Option(help="Text to steer away from (e.g. 'blur').")] = None,
     prompt_scale: Annotated[float, typer.Option(help="Weight of the prompt edit of the CLIP embedding.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Noise seed; the same seed gives the same image.")] = DEFAULT_SEED,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps [default: the model's, else 20].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")] = None,
     sampler: Annotated[str | None, typer.Option(
-        help="Sampler plugin (see `infdit samplers`) [default: the model's, else heun-edm].")] = None,
-    sigma_min: Annotated[float | None, typer.Option(help="Smallest noise level [default: 0.002].")] = None,
-    sigma_max: Annotated[float | None, typer.Option(help="Largest noise level [default: 40].")] = None,
-    rho: Annotated[float | None, typer.Option(help="Karras schedule exponent [default: 7].")] = None,
-    churn: Annotated[float | None, typer.Option(help="EDM stochastic churn [default: 0, deterministic].")] = None,
-    sampler_bf16: Annotated[bool, typer.Option(help="Sampler arithmetic in bf16, as the official code.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cuda, cpu or mps.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 elsewhere), bf16, fp16, fp32.")] = "auto",
+        help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")] = None,
+    sigma_min: Annotated[float | None, typer.Option(
+        help="Smallest noise level.", show_default="the model's, else 0.002")] = None,
+    sigma_max: Annotated[float | None, typer.Option(
+        help="Largest noise level.", show_default="the model's, else 40")] = None,
+    rho: Annotated[float | None, typer.Option(
+        help="Karras schedule exponent.", show_default="the model's, else 7")] = None,
+    churn: Annotated[float | None, typer.Option(
+        help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")] = None,
+    sampler_dtype: Annotated[SamplerDtype, typer.Option(
+        help="Sampler arithmetic: fp32, or bf16 as the official code.")] = SamplerDtype.fp32,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
     block_batch: Annotated[int | None, typer.Option(
-        help="Blocks per group side n (default: planned from memory).")] = None,
-    max_memory: Annotated[str | None, typer.Option(help="Memory budget, e.g. 6GB.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or pre-flight output.")] = False,
+        help="Blocks per group side n.", show_default="planned from memory")] = None,
+    max_memory: Annotated[str | None, typer.Option(
+        help="Memory budget, e.g. 6GB.", show_default="free device memory")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Engine figures per image.")] = False,
 ) -> None:
-    """Upscale images with Inf-DiT: exact W·s × H·s output, streamed in memory that grows with the width."""
-    import torch
+    """Upscale images with Inf-DiT: exact W·s × H·s output, streamed in memory that grows with the width.
 
-    from infdit_cli.engine.memory import parse_size
-    from infdit_cli.imageio import (
-        check_output_size,
-        format_losses,
-        load_image,
-        output_format,
-        save_image,
-    )
-    from infdit_cli.inputs import check_output, collect_inputs, plan_outputs
-    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
-    from infdit_cli.preprocess import upscale_alpha
-    from infdit_cli.samplers import SamplerOptions, get_sampler
+    In a batch every input is checked before the model loads; bad ones are reported and skipped, the rest are written, and the exit code is 1 if any failed.
+    """
+    run_start = time.perf_counter()
+    from infdit_cli.imageio import output_format
+    from infdit_cli.inputs import check_input, check_output, gather_inputs, plan_outputs
 
-    try:
-        budget = parse_size(max_memory) if max_memory else None
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    given = dict(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                 churn=churn, seed=seed, block_batch=block_batch, max_memory=budget, prompt_pos=prompt_pos,
-                 prompt_neg=prompt_neg, prompt_scale=prompt_scale,
-                 sampler_dtype=torch.bfloat16 if sampler_bf16 else torch.float32)
-    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()  # fail before loading anything
-    if sampler is not None:
-        try:
-            get_sampler(sampler, SamplerOptions(s_churn=churn or 0.0))
-        except ValueError as exc:
-            raise fail(errors.one_line(exc)) from None
     if fmt is not None:
         output_format(fmt)
+    if overwrite and skip_existing:
+        raise fail("--overwrite and --skip-existing exclude each other")
+    batch = Batch(quiet)
     out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
-    files = collect_inputs(inputs, recursive, exclude=out_folder)
-    jobs, failures, skipped, results = [], 0, 0, []
-    targets = plan_outputs(files, scale, output, fmt)
+    files, problems = gather_inputs(inputs, recursive, exclude=out_folder)
+    for problem in problems:
+        batch.failed(None, problem)
+    good = []
+    for f in files:
+        try:
+            check_input(f)
+            good.append(f)
+        except errors.InfditError as exc:
+            batch.failed(f, exc)
+    planning_failures: dict[Path, Any] = {}
+    targets = plan_outputs(good, scale, output, fmt, failed=planning_failures)
+    for f, exc in planning_failures.items():
+        batch.failed(f, exc)
+    jobs = []
     for f, target in targets.items():
         try:
             if check_output(target, overwrite, skip_existing) == "skip":
-                skipped += 1
+                batch.skipped += 1
                 if not quiet:
                     info(f"skip {f}: {target} exists")
                 continue
         except errors.InfditError as exc:
-            report_error(errors.one_line(exc))
-            failures += 1
+            batch.failed(f, exc)
             continue
         jobs.append(Job(f, target))
+    total_inputs = len(jobs) + batch.skipped + len(batch.failures)
+    if not jobs:
+        _finish(batch, [], None, total_inputs, run_start, as_json, quiet)
+        return
+    settings = dict(scale=scale, fmt=fmt, model=model, clip=clip, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
+                    prompt_scale=prompt_scale, seed=seed, steps=steps, sampler=sampler, sigma_min=sigma_min,
+                    sigma_max=sigma_max, rho=rho, churn=churn, sampler_dtype=sampler_dtype, device=device,
+                    dtype=dtype, block_batch=block_batch, max_memory=max_memory, quiet=quiet, verbose=verbose)
+    _run_jobs(jobs, batch, settings, total_inputs, run_start, as_json)
 
-    dev = pick_device(device)
-    model_source = model or (str(default_model_path()) if default_model_path() else None)
+
+@dataclass
+class Batch:
+    """What happened to every input of one `infdit upscale` run."""
+
+    quiet: bool
+    skipped: int = 0
+    failures: list[dict[str, str | None]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def failed(self, source: Path | None, exc: BaseException) -> None:
+        report_error(errors.one_line(exc))
+        self.failures.append({"input": None if source is None else str(source), "error": errors.one_line(exc)})
+
+
+def _run_jobs(jobs: list[Job], batch: Batch, a: dict[str, Any], total_inputs: int, run_start: float,
+              as_json: bool) -> None:
+    """Load the model once and upscale every job; a failing image is reported and the batch goes on."""
+    import torch
+
+    from infdit_cli.engine.memory import parse_size
+    from infdit_cli.imageio import check_output_size, format_losses, load_image, output_format, save_image
+    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+    from infdit_cli.preprocess import upscale_alpha
+    from infdit_cli.samplers import SamplerOptions, get_sampler
+
+    quiet, scale, seed = a["quiet"], a["scale"], a["seed"]
+    try:
+        budget = parse_size(a["max_memory"]) if a["max_memory"] else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    given = dict(scale=scale, steps=a["steps"], sampler=a["sampler"], sigma_min=a["sigma_min"],
+                 sigma_max=a["sigma_max"], rho=a["rho"], churn=a["churn"], seed=seed, block_batch=a["block_batch"],
+                 max_memory=budget, prompt_pos=a["prompt_pos"], prompt_neg=a["prompt_neg"],
+                 prompt_scale=a["prompt_scale"],
+                 sampler_dtype=torch.bfloat16 if a["sampler_dtype"] == "bf16" else torch.float32)
+    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()  # fail before loading anything
+    if a["sampler"] is not None:
+        get_sampler(a["sampler"], SamplerOptions(s_churn=a["churn"] or 0.0))
+
+    load_start = time.perf_counter()
+    dev = pick_device(a["device"])
+    model_source = a["model"] or (str(default_model_path()) if default_model_path() else None)
     if model_source is None:
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
-    upscaler = load_upscaler(model_source, dev, parse_dtype(dtype, dev.type), clip,
-                             need_text=bool(prompt_pos or prompt_neg))
+    upscaler = load_upscaler(model_source, dev, parse_dtype(a["dtype"], dev.type), a["clip"],
+                             need_text=bool(a["prompt_pos"] or a["prompt_neg"]))
     options = upscaler.options(**given)
     options.validate()
-    try:
-        get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
-    except ValueError as exc:
-        raise fail(errors.one_line(exc)) from None
+    get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    load_seconds = time.perf_counter() - load_start
+    run_info = {"model": model_source, "sampler": options.sampler, "steps": options.steps, "seed": seed,
+                "device": dev.type, "dtype": str(upscaler.dtype).removeprefix("torch.")}
     if not quiet:
-        info(f"model {model_source} on {dev.type} ({str(upscaler.dtype).removeprefix('torch.')}), "
+        info(f"model {model_source} on {dev.type} ({run_info['dtype']}), "
              f"sampler {options.sampler}, {options.steps} steps, seed {seed}")
-    flops_per_s = _throughput(dev) * (0.4 if dev.type == "cuda" else 0.8) if jobs and not quiet else 0.0
+    flops_per_s = _throughput(dev) * (0.4 if dev.type == "cuda" else 0.8) if not quiet else 0.0
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
-    with progress:
-        batch = progress.add_task("batch", total=len(jobs), visible=len(jobs) > 1)
+    with ImageProgress(err, quiet=quiet, every=PLAIN_PROGRESS_EVERY, batch_total=len(jobs)) as progress:
         for job in jobs:
             start = time.perf_counter()
             try:
                 image = load_image(job.source)
+                decoded = time.perf_counter()
                 w, h = image.size
-                out_fmt = output_format(fmt or job.target.suffix)
+                out_fmt = output_format(a["fmt"] or job.target.suffix)
                 check_output_size(w * scale, h * scale, out_fmt, image)
                 if not quiet:
                     for loss in format_losses(out_fmt, image):
                         info(f"warning: {job.target.name}: {loss}", "yellow")
                 plans = upscaler.plan((h, w), options)
-                total = sum(p.nfe * p.blocks for p in plans)
                 if not quiet:
                     _preflight(job, image.size, scale, plans, upscaler, flops_per_s)
-                task = progress.add_task(job.source.name, total=total)
+                progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
                 tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
-                result = upscaler.upscale(tensor, options, on_blocks=lambda n, t=task: progress.advance(t, n),
-                                          plans=plans)
+                with layer_ticks(upscaler.model, progress):
+                    result = upscaler.upscale(tensor, options, on_blocks=progress.blocks_done, plans=plans)
+                upscaled = time.perf_counter()
                 alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
                 save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
             except errors.InfditError as exc:
-                report_error(errors.one_line(exc))
-                failures += 1
-                progress.advance(batch)
+                progress.end_image()
+                batch.failed(job.source, exc)
                 continue
-            progress.remove_task(task)
-            progress.advance(batch)
-            seconds = time.perf_counter() - start
+            progress.end_image()
+            end = time.perf_counter()
             peak = max([s.peak_device_bytes for s in result.stats] + [p.memory.estimated_bytes for p in plans])
             record = {"input": str(job.source), "output": str(job.target), "input_size": [w, h],
-                      "output_size": [w * scale, h * scale], "seconds": round(seconds, 3),
+                      "output_size": [w * scale, h * scale], "seconds": round(end - start, 3),
+                      "timings": {"decode_s": round(decoded - start, 3), "upscale_s": round(upscaled - decoded, 3),
+                                  "encode_s": round(end - upscaled, 3)},
                       "peak_memory_bytes": peak, "block_batch": [p.memory.block_batch for p in plans],
-                      "network_calls": sum(s.calls for s in result.stats), "seed": seed}
-            results.append(record)
+                      "network_calls": sum(s.calls for s in result.stats), **run_info}
+            batch.results.append(record)
             if not quiet:
-                info(f"wrote {job.target} ({w * scale}x{h * scale}) in {seconds:.1f} s")
-            if verbose:
+                info(f"wrote {job.target} ({w * scale}x{h * scale}) in {end - start:.1f} s")
+            if a["verbose"]:
                 for s in result.stats:
                     info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
-                              f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}")
+                         f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}")
+    run_info["load_s"] = round(load_seconds, 3)
+    _finish(batch, batch.results, run_info, total_inputs, run_start, as_json, quiet)
+
+
+def _finish(batch: Batch, results: list[dict[str, Any]], run_info: dict[str, Any] | None, total_inputs: int,
+            run_start: float, as_json: bool, quiet: bool) -> None:
+    """The one-line summary on stderr, the JSON on stdout, and exit 1 if any input failed."""
+    seconds = time.perf_counter() - run_start
+    failed = len(batch.failures)
+    if not quiet and (total_inputs > 1 or failed):
+        info(f"{len(results)} written, {batch.skipped} skipped, {failed} failed of {total_inputs} "
+             f"in {format_duration(seconds)}", "red" if failed else None)
     if as_json:
-        print(json.dumps({"outputs": results, "failed": failures, "skipped": skipped}, indent=2))
-    if failures:
+        summary: dict[str, Any] = {"outputs": results, "written": len(results), "skipped": batch.skipped,
+                                   "failed": failed, "failures": batch.failures, "total_s": round(seconds, 3)}
+        summary.update(run_info or {})
+        print(json.dumps(summary, indent=2))
+    if failed:
         raise typer.Exit(1)
 
 

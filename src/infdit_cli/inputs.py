@@ -16,10 +16,11 @@ from typing import Literal
 from PIL import Image
 
 from infdit_cli.imageio import InputError, OutputError, check_output_size, output_format, read_formats
+from infdit_cli.imageio.decode import check_header
 
 __all__ = [
-    "InputError", "OutputError", "image_extensions", "collect_inputs", "output_path", "plan_outputs",
-    "check_output", "check_output_size",
+    "InputError", "OutputError", "image_extensions", "collect_inputs", "gather_inputs", "check_input",
+    "output_path", "plan_outputs", "check_output", "check_output_size",
 ]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -92,6 +93,33 @@ def collect_inputs(
     for p in explicit + found:
         unique.setdefault(os.path.normcase(os.path.abspath(p)), p)
     return sorted(unique.values(), key=lambda p: _natural_key(os.path.abspath(p)))
+
+
+def gather_inputs(
+    specs: Sequence[str | Path], recursive: bool = False, *, exclude: Path | None = None
+) -> tuple[list[Path], list[InputError]]:
+    """`collect_inputs` for a batch: the files of every usable spec, plus one InputError per spec that
+    matched nothing (missing file, empty folder, ...), so one typo does not cancel the whole batch."""
+    files: list[Path] = []
+    problems: list[InputError] = []
+    for spec in specs:
+        try:
+            files += collect_inputs([spec], recursive, exclude=exclude)
+        except InputError as exc:
+            problems.append(exc)
+    if len(specs) > 1:  # de-duplicate and order across specs as one collect_inputs call would
+        unique = {os.path.normcase(os.path.abspath(p)): p for p in reversed(files)}
+        files = sorted(unique.values(), key=lambda p: _natural_key(os.path.abspath(p)))
+    return files, problems
+
+
+def check_input(path: Path) -> None:
+    """InputError unless `path` is a readable file whose header Pillow recognises (within the pixel limit).
+
+    Cheap (no pixel decoding): a batch checks every input this way before loading the model.
+    Truncated pixel data is only found by the full decode later.
+    """
+    check_header(Path(path))
 
 
 def _scan(folder: Path, recursive: bool, exts: frozenset[str]) -> Iterable[Path]:
@@ -209,13 +237,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def plan_outputs(
-    inputs: Sequence[Path], scale: int, output: Path | None = None, fmt: str | None = None
+    inputs: Sequence[Path], scale: int, output: Path | None = None, fmt: str | None = None,
+    failed: dict[Path, OutputError] | None = None,
 ) -> dict[Path, Path]:
     """Output path for every input, mirroring the input tree under an output folder; OutputError on clashes.
 
     With an output folder, each input's folder is kept relative to the deepest folder holding all
     inputs, so `photos/a.png` and `photos/trip/a.png` do not overwrite each other. Two inputs
     that would still land on one file (`a.png` and `a.jpg` with --format png) are an error.
+    With `failed`, an input whose output cannot be planned is recorded there and left out
+    instead of raising, so the rest of a batch goes on.
     """
     parents = [os.path.abspath(Path(p).parent) for p in inputs]
     try:
@@ -226,10 +257,17 @@ def plan_outputs(
     seen: dict[str, Path] = {}
     for p in inputs:
         p = Path(p)
-        out = output_path(p, scale, output, fmt, single_input=len(inputs) == 1, root=root)
-        key = os.path.normcase(os.path.abspath(out))
-        if key in seen:
-            raise OutputError(f"{seen[key]} and {p} would both be written to {out}; use --format or separate runs")
+        try:
+            out = output_path(p, scale, output, fmt, single_input=len(inputs) == 1, root=root)
+            key = os.path.normcase(os.path.abspath(out))
+            if key in seen:
+                raise OutputError(f"{seen[key]} and {p} would both be written to {out}; "
+                                  "use --format or separate runs")
+        except OutputError as exc:
+            if failed is None:
+                raise
+            failed[p] = exc
+            continue
         seen[key] = p
         plan[p] = out
     return plan

@@ -27,6 +27,10 @@ from infdit_cli.samplers import SamplerOptions, get_sampler, karras_sigmas
 
 SUPPORTED_SCALES = (2, 4, 8, 16)
 PASSES = {2: (2,), 4: (4,), 8: (4, 2), 16: (4, 4)}
+# How to get a model that takes text prompts, for the error a prompt on a CLIP-free model gets.
+NO_CLIP_PROMPT = ("this model is not conditioned on CLIP, so it cannot take text prompts; use a CLIP model "
+                  "(convert the released Inf-DiT weights with `infdit convert`, see the README) or drop "
+                  "--prompt-pos/--prompt-neg")
 
 
 class UpscaleError(InfditError):
@@ -164,7 +168,7 @@ class Upscaler:
         wants_prompt = bool(options.prompt_pos or options.prompt_neg)
         if not self.config.vector_dim:
             if wants_prompt:
-                raise UpscaleError("this model is not conditioned on CLIP, so it cannot take text prompts")
+                raise UpscaleError(NO_CLIP_PROMPT)
             return None
         if self.clip is None:
             raise UpscaleError("this model needs CLIP weights, but none were loaded")
@@ -252,5 +256,5 @@ def load_upscaler(
     if model.config.vector_dim:
         clip = load_clip(files.clip, clip_source, need_text=need_text, device=device)
     elif need_text:
-        raise UpscaleError("this model is not conditioned on CLIP, so it cannot take text prompts")
+        raise UpscaleError(NO_CLIP_PROMPT)
     return Upscaler(model, clip, device, defaults)

@@ -28,7 +28,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from infdit_cli.imageio.formats import LAYOUT_TAGS, InputError, LoadedImage, first_line, read_formats
 
-__all__ = ["load_image"]
+__all__ = ["load_image", "check_header"]
 
 
 def load_image(path: str | Path) -> LoadedImage:
@@ -57,6 +57,26 @@ def load_image(path: str | Path) -> LoadedImage:
         raise InputError(f"{path}: cannot decode, the file is truncated or corrupt ({first_line(exc)})") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
+def check_header(path: str | Path) -> None:
+    """InputError unless `path` opens as an image we read, within the pixel limit; pixels are not decoded."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=read_formats()) as im:
+                _check_pixels(path, im.size)
+    except InputError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InputError(f"{path}: over the decompression-bomb limit of {_limit_text()} "
+                         "(PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError) as exc:
+        raise InputError(f"{path}: cannot decode, the file is truncated or corrupt ({first_line(exc)})") from None
 
 
 def _check_readable(path: Path) -> None:

@@ -10,6 +10,7 @@ from infdit_cli.engine import StreamedRunner, WholeImageRunner, block_noise, pla
 from infdit_cli.engine.memory import estimate_memory, parse_size
 from infdit_cli.model import InfDiT
 from tests.conftest import rel_err
+from tests.models import small_block
 
 
 def _inputs(cfg, rows: int, cols: int, seed: int = 0):
@@ -22,11 +23,12 @@ def _inputs(cfg, rows: int, cols: int, seed: int = 0):
 
 
 @pytest.fixture(scope="module", params=["golden", "random"])
-def model(request, golden_model):
-    """The golden tiny weights, and a second random config (no CLIP, 4 heads of 16)."""
+def model(request):
+    """The golden tiny weights (skipped without the golden folder), and a random small-block config
+    (no CLIP, 4 heads of 16) that always runs, so streamed = whole is tested on every checkout."""
     if request.param == "golden":
-        return golden_model
-    cfg = preset("tiny", num_layers=2, num_heads=4, hidden_size=64, mlp_hidden=128)
+        return request.getfixturevalue("golden_model")
+    cfg = small_block(num_layers=2, num_heads=4, hidden_size=64, mlp_hidden=128)
     return InfDiT(cfg).init_random(7).eval()
 
 
@@ -44,38 +46,39 @@ def test_streamed_equals_whole_image(model, rows, cols, block_batches):
 
 def test_border_block_sees_four_copies_of_itself():
     """Block (0, 0) of a larger image computes exactly what a one-block image does."""
-    model = InfDiT(preset("tiny")).init_random(1).eval()
+    model = InfDiT(small_block()).init_random(1).eval()
     net_in, lr, _, c_noise = _inputs(model.config, 2, 3)
     bs = model.config.block_size
     big = WholeImageRunner(model, lr, None)(net_in, c_noise)[..., :bs, :bs]
     single = WholeImageRunner(model, lr[..., : bs // 4, : bs // 4], None)(net_in[..., :bs, :bs], c_noise)
     # LR windows differ (the neighbours' LR is visible in the big image), so compare without cross-LR.
-    model_nolr = InfDiT(preset("tiny", cross_lr=False)).init_random(1).eval()
+    model_nolr = InfDiT(small_block(cross_lr=False)).init_random(1).eval()
     big = WholeImageRunner(model_nolr, None, None)(net_in, c_noise)[..., :bs, :bs]
     single = WholeImageRunner(model_nolr, None, None)(net_in[..., :bs, :bs], c_noise)
     assert torch.equal(big, single)
 
 
-def test_rope_positions_wrap_beyond_4096_px():
-    """33 blocks wide (4224 px): positions wrap % 1024 identically in both paths."""
-    cfg = preset("tiny", num_layers=1, cross_lr=False)
+def test_rope_positions_wrap_beyond_the_table():
+    """One block wider than the RoPE table (released: 33 blocks, 4224 px, table 1024; here a 64-token
+    table with 8-token blocks): positions wrap % table identically in both paths."""
+    cfg = small_block(num_layers=1, cross_lr=False, rope_table=64)
+    wrap = cfg.rope_table // cfg.block_tokens  # the block that starts at token column 0 again
     model = InfDiT(cfg).init_random(2).eval()
-    net_in, lr, _, c_noise = _inputs(cfg, 1, 33)
+    net_in, lr, _, c_noise = _inputs(cfg, 1, wrap + 1)
     reference = WholeImageRunner(model, None, None)(net_in, c_noise)
     streamed = StreamedRunner(model, None, None, 4)(net_in, c_noise)
     assert rel_err(streamed, reference) <= 1e-5
-    # Block 32 starts at token column 1024 ≡ 0: with identical inputs it equals block 0's first column.
     bs = cfg.block_size
     tile = net_in[..., :bs, :bs]
-    same = torch.cat([tile] * 33, dim=-1)
+    same = torch.cat([tile] * (wrap + 1), dim=-1)
     out = StreamedRunner(model, None, None, 2)(same, c_noise)
-    assert not torch.equal(out[..., :bs, 31 * bs:32 * bs], out[..., :bs, :bs])
-    shifted = WholeImageRunner(model, None, None, token_offset=(0, 1024))(same, c_noise)
+    assert not torch.equal(out[..., :bs, (wrap - 1) * bs:wrap * bs], out[..., :bs, :bs])
+    shifted = WholeImageRunner(model, None, None, token_offset=(0, cfg.rope_table))(same, c_noise)
     assert torch.equal(shifted, WholeImageRunner(model, None, None)(same, c_noise))
 
 
 def test_kv_band_flat_in_height_and_linear_in_width():
-    model = InfDiT(preset("tiny", cross_lr=False, num_layers=1, mlp_hidden=64)).init_random(0).eval()
+    model = InfDiT(small_block(cross_lr=False, num_layers=1, mlp_hidden=64)).init_random(0).eval()
 
     def band(rows: int, cols: int) -> int:
         net_in, _, _, c_noise = _inputs(model.config, rows, cols)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from infdit_cli.cli import app
@@ -42,7 +42,7 @@ def test_convert_cli_golden_weights_load_and_match(golden, golden_model, golden_
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_convert_deepspeed_pt_with_rng_state(golden, tmp_path):
+def test_convert_deepspeed_pt_with_rng_state(golden, golden_model, tmp_path):
     ckpt = _deepspeed_checkpoint(tmp_path / "mp_rank_00_model_states.pt", dict(golden.weights))
     clip_key = "image_encoder.model.visual.proj"
     ckpt_with_clip = dict(golden.weights, **{clip_key: torch.randn(4, 3),
@@ -53,11 +53,13 @@ def test_convert_deepspeed_pt_with_rng_state(golden, tmp_path):
     assert "image_encoder.model.token_embedding.weight" in report.result.ignored
     assert report.result.unused == []
     net = load_model(report.model_path)
+    for key, value in golden_model.state_dict().items():  # the .pt path reads the very same weights
+        assert torch.equal(net.state_dict()[key], value), key
+    assert torch.equal(load_file(str(report.clip_path))["proj"], ckpt_with_clip[clip_key])
     x = torch.randn(1, 6, 128, 128)
     vector, lr = torch.randn(1, 768), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        a = net(x, torch.tensor([0.2]), vector, lr)
-    assert torch.isfinite(a).all()
+        assert torch.equal(net(x, torch.tensor([0.2]), vector, lr), golden_model(x, torch.tensor([0.2]), vector, lr))
 
 
 def test_missing_key_fails_with_one_line_naming_it(golden, tmp_path):

@@ -27,13 +27,13 @@ def test_samplers_lists_builtins_with_package_and_nfe():
 
 
 def test_init_model_writes_a_loadable_random_model(tmp_path):
-    res = runner.invoke(app, ["init-model", "tiny", str(tmp_path / "m"), "--seed", "3"])
+    res = runner.invoke(app, ["init-model", "tiny", "-o", str(tmp_path / "m"), "--seed", "3"])
     assert res.exit_code == 0, res.output
     model = load_model(tmp_path / "m" / "model.safetensors")
     assert model.config.hidden_size == 64
-    again = runner.invoke(app, ["init-model", "tiny", str(tmp_path / "m")])
+    again = runner.invoke(app, ["init-model", "tiny", "--output", str(tmp_path / "m")])
     assert again.exit_code == 1 and "already exists" in again.stderr
-    unknown = runner.invoke(app, ["init-model", "huge", str(tmp_path / "x")])
+    unknown = runner.invoke(app, ["init-model", "huge", "-o", str(tmp_path / "x")])
     assert unknown.exit_code == 1 and "tiny" in unknown.stderr
 
 

@@ -33,7 +33,7 @@ def _deepspeed_checkpoint(path: Path, module: dict[str, torch.Tensor]) -> Path:
 
 
 def test_convert_cli_golden_weights_load_and_match(golden, golden_model, golden_dir, tmp_path):
-    res = runner.invoke(app, ["convert", str(golden_dir / "weights.safetensors"), str(tmp_path / "m")])
+    res = runner.invoke(app, ["convert", str(golden_dir / "weights.safetensors"), "-o", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
     model = load_model(tmp_path / "m" / "model.safetensors")
     config, meta = read_config(tmp_path / "m" / "model.safetensors")
@@ -59,14 +59,15 @@ def test_convert_deepspeed_pt_with_rng_state(golden, golden_model, tmp_path):
     x = torch.randn(1, 6, 128, 128)
     vector, lr = torch.randn(1, 768), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(net(x, torch.tensor([0.2]), vector, lr), golden_model(x, torch.tensor([0.2]), vector, lr))
+        ours, reference = net(x, torch.tensor([0.2]), vector, lr), golden_model(x, torch.tensor([0.2]), vector, lr)
+    assert rel_err(ours, reference) < 1e-6  # same weights; kernels may differ in the last bit
 
 
 def test_missing_key_fails_with_one_line_naming_it(golden, tmp_path):
     weights = dict(golden.weights)
     del weights["transformer.layers.1.mlp.dense_4h_to_h.bias"]
     save_file(weights, str(tmp_path / "broken.safetensors"))
-    res = runner.invoke(app, ["convert", str(tmp_path / "broken.safetensors"), str(tmp_path / "out")])
+    res = runner.invoke(app, ["convert", str(tmp_path / "broken.safetensors"), "-o", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert "transformer.layers.1.mlp.dense_4h_to_h.bias" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
@@ -104,7 +105,7 @@ def test_non_checkpoint_files_are_rejected(tmp_path):
         pass
     with pytest.raises(ConversionError):
         read_official_checkpoint(tmp_path / "empty.pt")
-    res = runner.invoke(app, ["convert", str(tmp_path / "nope.pt"), str(tmp_path / "o")])
+    res = runner.invoke(app, ["convert", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "o")])
     assert res.exit_code == 1 and "no such file" in res.stderr
 
 

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from infdit_cli import __version__, errors
-from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, report_error
+from infdit_cli.cli_common import Dtype, cli_errors, fail, info, out, parse_dtype, report_error
 from infdit_cli.cli_train import eval_command, train_command
 from infdit_cli.cli_upscale import upscale_command
 
@@ -97,22 +97,20 @@ app.command("eval")(eval_command)
 def convert_command(
     src: Annotated[Path, typer.Argument(
         help="Official mp_rank_00_model_states.pt (or its folder, or a safetensors file with the official keys).")],
-    dst: Annotated[Path, typer.Argument(help="Output model folder (or a .safetensors file).")],
-    dtype: Annotated[str, typer.Option(help="Keep the source dtype (keep) or cast: bf16, fp16, fp32.")] = "keep",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at DST.")] = False,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output model folder (or a .safetensors file).", show_default=False)],
+    dtype: Annotated[Dtype, typer.Option(
+        help="auto (keep the checkpoint's dtype), fp32, bf16 or fp16.")] = Dtype.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing model at the output.")] = False,
 ) -> None:
     """Convert the official Inf-DiT checkpoint into infdit's safetensors format (done once)."""
-    import torch
-
-    from infdit_cli.convert import convert_checkpoint
-
-    target = dst if dst.suffix == ".safetensors" else dst / "model.safetensors"
+    target = output if output.suffix == ".safetensors" else output / "model.safetensors"
     if target.exists() and not overwrite:
         raise fail(f"{target} already exists (use --overwrite)")
-    casts = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if dtype not in casts:
-        raise fail(f"unknown dtype {dtype!r}; use keep, bf16, fp16 or fp32")
-    report = convert_checkpoint(src, dst, casts[dtype], log=info)
+    from infdit_cli.convert import convert_checkpoint
+
+    cast = None if dtype == Dtype.auto else parse_dtype(dtype, "cpu")
+    report = convert_checkpoint(src, output, cast, log=info)
     cfg = report.config
     info(f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
          f"CLIP vector {cfg.vector_dim or 'off'}")
@@ -126,9 +124,10 @@ def convert_command(
 def init_model_command(
     preset_name: Annotated[str, typer.Argument(
         metavar="PRESET", help="Preset architecture (x4, base, small, tiny, tiny-clip).")],
-    dst: Annotated[Path, typer.Argument(help="Output model folder (or .safetensors file).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output model folder (or .safetensors file).", show_default=False)],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
-    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32.")] = "fp32",
+    dtype: Annotated[Dtype, typer.Option(help="auto (fp32), fp32, bf16 or fp16.")] = Dtype.auto,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing model.")] = False,
 ) -> None:
     """Write a random-initialised model of a preset (benchmarks, plugin tests, bug reports)."""
@@ -140,11 +139,11 @@ def init_model_command(
         config = preset(preset_name)
     except KeyError as exc:
         raise fail(errors.one_line(exc).strip("'\"")) from None
-    target = dst if dst.suffix == ".safetensors" else dst / "model.safetensors"
+    target = output if output.suffix == ".safetensors" else output / "model.safetensors"
     if target.exists() and not overwrite:
         raise fail(f"{target} already exists (use --overwrite)")
     model = InfDiT(config).init_random(seed).to(parse_dtype(dtype, "cpu"))
-    path = save_model(model, dst, {"random_init_seed": str(seed), "preset": preset_name})
+    path = save_model(model, output, {"random_init_seed": str(seed), "preset": preset_name})
     info(f"{preset_name}: {model.num_parameters():,} parameters, random weights (seed {seed})")
     print(path)
 

@@ -109,7 +109,7 @@ def upscale_command(
 ) -> None:
     """Upscale images with Inf-DiT: exact W·s × H·s output, streamed in memory that grows with the width.
 
-    In a batch every input is checked before the model loads; bad ones are reported and skipped, the rest are written, and the exit code is 1 if any failed.
+    A batch checks every input before the model loads, writes the good ones, and exits 1 if any failed.
     """
     run_start = time.perf_counter()
     from infdit_cli.imageio import output_format
@@ -119,7 +119,11 @@ def upscale_command(
         output_format(fmt)
     if overwrite and skip_existing:
         raise fail("--overwrite and --skip-existing exclude each other")
-    batch = Batch(quiet)
+    given = _sampling_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
+                              rho=rho, churn=churn, seed=seed, block_batch=block_batch, max_memory=max_memory,
+                              prompt_pos=prompt_pos, prompt_neg=prompt_neg, prompt_scale=prompt_scale,
+                              sampler_dtype=sampler_dtype)
+    batch = Batch()
     out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
     files, problems = gather_inputs(inputs, recursive, exclude=out_folder)
     for problem in problems:
@@ -148,21 +152,32 @@ def upscale_command(
             continue
         jobs.append(Job(f, target))
     total_inputs = len(jobs) + batch.skipped + len(batch.failures)
-    if not jobs:
-        _finish(batch, [], None, total_inputs, run_start, as_json, quiet)
-        return
-    settings = dict(scale=scale, fmt=fmt, model=model, clip=clip, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
-                    prompt_scale=prompt_scale, seed=seed, steps=steps, sampler=sampler, sigma_min=sigma_min,
-                    sigma_max=sigma_max, rho=rho, churn=churn, sampler_dtype=sampler_dtype, device=device,
-                    dtype=dtype, block_batch=block_batch, max_memory=max_memory, quiet=quiet, verbose=verbose)
-    _run_jobs(jobs, batch, settings, total_inputs, run_start, as_json)
+    run_info: dict[str, Any] | None = None
+    if jobs:
+        settings = RunSettings(scale=scale, fmt=fmt, model=model, clip=clip, device=device, dtype=dtype,
+                               quiet=quiet, verbose=verbose)
+        run_info = _run_jobs(jobs, batch, given, settings)
+    _finish(batch, run_info, total_inputs, run_start, as_json, quiet)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The options of one run that pick the model and shape the files and the console."""
+
+    scale: int
+    fmt: str | None
+    model: str | None
+    clip: str | None
+    device: str
+    dtype: Dtype
+    quiet: bool
+    verbose: bool
 
 
 @dataclass
 class Batch:
     """What happened to every input of one `infdit upscale` run."""
 
-    quiet: bool
     skipped: int = 0
     failures: list[dict[str, str | None]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -172,38 +187,45 @@ class Batch:
         self.failures.append({"input": None if source is None else str(source), "error": errors.one_line(exc)})
 
 
-def _run_jobs(jobs: list[Job], batch: Batch, a: dict[str, Any], total_inputs: int, run_start: float,
-              as_json: bool) -> None:
-    """Load the model once and upscale every job; a failing image is reported and the batch goes on."""
+def _sampling_options(max_memory: str | None, sampler_dtype: SamplerDtype, **given: Any) -> dict[str, Any]:
+    """The UpscaleOptions fields the user gave (None = the model's default), checked before any file or model."""
     import torch
 
     from infdit_cli.engine.memory import parse_size
+    from infdit_cli.pipeline import UpscaleOptions
+    from infdit_cli.samplers import SamplerOptions, get_sampler
+
+    try:
+        given["max_memory"] = parse_size(max_memory) if max_memory else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    given["sampler_dtype"] = torch.bfloat16 if sampler_dtype == SamplerDtype.bf16 else torch.float32
+    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()
+    if given["sampler"] is not None:
+        get_sampler(given["sampler"], SamplerOptions(s_churn=given["churn"] or 0.0))
+    return given
+
+
+def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettings) -> dict[str, Any]:
+    """Load the model once and upscale every job; a failing image is reported and the batch goes on.
+
+    Returns what the JSON summary says about the run (model, sampler, steps, seed, device, load time).
+    """
+    import torch
+
     from infdit_cli.imageio import check_output_size, format_losses, load_image, output_format, save_image
-    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+    from infdit_cli.pipeline import load_upscaler
     from infdit_cli.preprocess import upscale_alpha
     from infdit_cli.samplers import SamplerOptions, get_sampler
 
-    quiet, scale, seed = a["quiet"], a["scale"], a["seed"]
-    try:
-        budget = parse_size(a["max_memory"]) if a["max_memory"] else None
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    given = dict(scale=scale, steps=a["steps"], sampler=a["sampler"], sigma_min=a["sigma_min"],
-                 sigma_max=a["sigma_max"], rho=a["rho"], churn=a["churn"], seed=seed, block_batch=a["block_batch"],
-                 max_memory=budget, prompt_pos=a["prompt_pos"], prompt_neg=a["prompt_neg"],
-                 prompt_scale=a["prompt_scale"],
-                 sampler_dtype=torch.bfloat16 if a["sampler_dtype"] == "bf16" else torch.float32)
-    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()  # fail before loading anything
-    if a["sampler"] is not None:
-        get_sampler(a["sampler"], SamplerOptions(s_churn=a["churn"] or 0.0))
-
+    quiet, scale, seed = a.quiet, a.scale, given["seed"]
     load_start = time.perf_counter()
-    dev = pick_device(a["device"])
-    model_source = a["model"] or (str(default_model_path()) if default_model_path() else None)
+    dev = pick_device(a.device)
+    model_source = a.model or (str(default_model_path()) if default_model_path() else None)
     if model_source is None:
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
-    upscaler = load_upscaler(model_source, dev, parse_dtype(a["dtype"], dev.type), a["clip"],
-                             need_text=bool(a["prompt_pos"] or a["prompt_neg"]))
+    upscaler = load_upscaler(model_source, dev, parse_dtype(a.dtype, dev.type), a.clip,
+                             need_text=bool(given["prompt_pos"] or given["prompt_neg"]))
     options = upscaler.options(**given)
     options.validate()
     get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
@@ -222,7 +244,7 @@ def _run_jobs(jobs: list[Job], batch: Batch, a: dict[str, Any], total_inputs: in
                 image = load_image(job.source)
                 decoded = time.perf_counter()
                 w, h = image.size
-                out_fmt = output_format(a["fmt"] or job.target.suffix)
+                out_fmt = output_format(a.fmt or job.target.suffix)
                 check_output_size(w * scale, h * scale, out_fmt, image)
                 if not quiet:
                     for loss in format_losses(out_fmt, image):
@@ -253,17 +275,18 @@ def _run_jobs(jobs: list[Job], batch: Batch, a: dict[str, Any], total_inputs: in
             batch.results.append(record)
             if not quiet:
                 info(f"wrote {job.target} ({w * scale}x{h * scale}) in {end - start:.1f} s")
-            if a["verbose"]:
+            if a.verbose:
                 for s in result.stats:
                     info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
                          f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}")
     run_info["load_s"] = round(load_seconds, 3)
-    _finish(batch, batch.results, run_info, total_inputs, run_start, as_json, quiet)
+    return run_info
 
 
-def _finish(batch: Batch, results: list[dict[str, Any]], run_info: dict[str, Any] | None, total_inputs: int,
-            run_start: float, as_json: bool, quiet: bool) -> None:
+def _finish(batch: Batch, run_info: dict[str, Any] | None, total_inputs: int, run_start: float, as_json: bool,
+            quiet: bool) -> None:
     """The one-line summary on stderr, the JSON on stdout, and exit 1 if any input failed."""
+    results = batch.results
     seconds = time.perf_counter() - run_start
     failed = len(batch.failures)
     if not quiet and (total_inputs > 1 or failed):

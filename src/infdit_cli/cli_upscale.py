@@ -106,6 +106,12 @@ def upscale_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Engine figures per image.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Folder for sampling progress, saved after every step; rerun the same command to continue.",
+        show_default="none")] = None,
+    split_image: Annotated[bool, typer.Option(
+        help="Under torchrun: split each image's block columns across all ranks (else files are shared out).",
+    )] = False,
 ) -> None:
     """Upscale images with Inf-DiT: exact W·s × H·s output, streamed in memory that grows with the width.
 
@@ -123,7 +129,11 @@ def upscale_command(
                               rho=rho, churn=churn, seed=seed, block_batch=block_batch, max_memory=max_memory,
                               prompt_pos=prompt_pos, prompt_neg=prompt_neg, prompt_scale=prompt_scale,
                               sampler_dtype=sampler_dtype)
-    batch = Batch()
+    from infdit_cli.distributed import join
+
+    session = join(pick_device(device))  # under torchrun: this rank, its device and the process group
+    quiet = quiet or not session.ranks.is_root  # rank 0 checks the inputs and reports for every rank
+    batch = Batch(report=session.ranks.is_root)
     out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
     files, problems = gather_inputs(inputs, recursive, exclude=out_folder)
     for problem in problems:
@@ -152,12 +162,15 @@ def upscale_command(
             continue
         jobs.append(Job(f, target))
     total_inputs = len(jobs) + batch.skipped + len(batch.failures)
+    jobs = session.share(jobs, Job, split_image)  # rank 0's pending list: a share each, or all when split
+    if not session.ranks.is_root:
+        batch = Batch(report=False)  # rank 0 counted and reported the checks for every rank
     run_info: dict[str, Any] | None = None
     if jobs:
         settings = RunSettings(scale=scale, fmt=fmt, model=model, clip=clip, device=device, dtype=dtype,
-                               quiet=quiet, verbose=verbose)
-        run_info = _run_jobs(jobs, batch, given, settings)
-    _finish(batch, run_info, total_inputs, run_start, as_json, quiet)
+                               quiet=quiet, verbose=verbose, checkpoint=checkpoint, split_image=split_image)
+        run_info = _run_jobs(jobs, batch, given, settings, session)
+    _finish(batch, run_info, total_inputs, run_start, as_json, quiet, session)
 
 
 @dataclass(frozen=True)
@@ -172,18 +185,22 @@ class RunSettings:
     dtype: Dtype
     quiet: bool
     verbose: bool
+    checkpoint: Path | None = None  # resumable sampling state, per output file
+    split_image: bool = False  # under torchrun: every rank works on every image
 
 
 @dataclass
 class Batch:
     """What happened to every input of one `infdit upscale` run."""
 
+    report: bool = True  # print failures as they happen (rank 0 prints the other ranks' in its summary)
     skipped: int = 0
     failures: list[dict[str, str | None]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def failed(self, source: Path | None, exc: BaseException) -> None:
-        report_error(errors.one_line(exc))
+        if self.report:
+            report_error(errors.one_line(exc))
         self.failures.append({"input": None if source is None else str(source), "error": errors.one_line(exc)})
 
 
@@ -206,7 +223,7 @@ def _sampling_options(max_memory: str | None, sampler_dtype: SamplerDtype, **giv
     return given
 
 
-def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettings) -> dict[str, Any]:
+def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettings, session: Any) -> dict[str, Any]:
     """Load the model once and upscale every job; a failing image is reported and the batch goes on.
 
     Returns what the JSON summary says about the run (model, sampler, steps, seed, device, load time).
@@ -220,7 +237,11 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
 
     quiet, scale, seed = a.quiet, a.scale, given["seed"]
     load_start = time.perf_counter()
-    dev = pick_device(a.device)
+    from infdit_cli.distributed import DistributedError
+    from infdit_cli.distributed.checkpoint import model_digest
+
+    split, writes = a.split_image, session.writes(a.split_image)
+    dev = session.device
     model_source = a.model or (str(default_model_path()) if default_model_path() else None)
     if model_source is None:
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
@@ -229,6 +250,7 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
     options = upscaler.options(**given)
     options.validate()
     get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    model_hash = model_digest(upscaler.model) if a.checkpoint is not None else ""
     load_seconds = time.perf_counter() - load_start
     run_info = {"model": model_source, "sampler": options.sampler, "steps": options.steps, "seed": seed,
                 "device": dev.type, "dtype": str(upscaler.dtype).removeprefix("torch.")}
@@ -254,16 +276,24 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                     _preflight(job, image.size, scale, plans, upscaler, flops_per_s)
                 progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
                 tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+                resumable = session.checkpoint(a.checkpoint, job.target, model_hash, split)
                 with layer_ticks(upscaler.model, progress):
-                    result = upscaler.upscale(tensor, options, on_blocks=progress.blocks_done, plans=plans)
+                    result = session.upscale(upscaler, tensor, options, plans, progress.blocks_done, resumable, split)
                 upscaled = time.perf_counter()
-                alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
-                save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
+                if writes:  # a split image is written by rank 0 only
+                    alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
+                    save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
+                    if resumable is not None:
+                        resumable.clear()
+            except DistributedError:
+                raise  # a lost peer ends the run on every rank, not just this image
             except errors.InfditError as exc:
                 progress.end_image()
                 batch.failed(job.source, exc)
                 continue
             progress.end_image()
+            if not writes:
+                continue
             end = time.perf_counter()
             peak = max([s.peak_device_bytes for s in result.stats] + [p.memory.estimated_bytes for p in plans])
             record = {"input": str(job.source), "output": str(job.target), "input_size": [w, h],
@@ -284,8 +314,22 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
 
 
 def _finish(batch: Batch, run_info: dict[str, Any] | None, total_inputs: int, run_start: float, as_json: bool,
-            quiet: bool) -> None:
-    """The one-line summary on stderr, the JSON on stdout, and exit 1 if any input failed."""
+            quiet: bool, session: Any = None) -> None:
+    """The one-line summary on stderr, the JSON on stdout, and exit 1 if any input failed.
+
+    Under torchrun every rank sends rank 0 what it did, and rank 0 reports for the whole job.
+    """
+    if session is not None and session.ranks.distributed:
+        from infdit_cli.distributed import RankReport
+
+        merged = session.gather(RankReport(session.ranks.rank, batch.results, batch.failures, batch.skipped))
+        if merged is None:  # not rank 0
+            return
+        for failure in merged.failures:
+            if failure["rank"] != 0:
+                report_error(f"rank {failure['rank']}: {failure['error']}")
+        batch = Batch(skipped=merged.skipped, failures=merged.failures, results=merged.outputs)
+        run_info = {**(run_info or {}), "ranks": session.ranks.world}
     results = batch.results
     seconds = time.perf_counter() - run_start
     failed = len(batch.failures)

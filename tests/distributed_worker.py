@@ -15,7 +15,7 @@ from infdit_cli.config import ModelConfig
 from infdit_cli.distributed.context import ranks_from_env, start, stop
 from infdit_cli.distributed.split import SplitUpscale
 from infdit_cli.model import InfDiT
-from infdit_cli.pipeline import Upscaler, UpscaleOptions
+from infdit_cli.pipeline import UpscaleOptions, Upscaler
 
 # Small blocks and a tiny network: a split image runs in well under a second per rank.
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_hidden=64, block_size=32, vector_dim=0)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from infdit_cli.distributed.checkpoint import Checkpoint, image_checkpoint
 from infdit_cli.distributed.context import (
     Ranks,
     broadcast,
@@ -25,6 +26,8 @@ from infdit_cli.distributed.context import (
     start,
 )
 from infdit_cli.distributed.shard import image_pixels, share
+from infdit_cli.distributed.split import SplitUpscale, agree_across
+from infdit_cli.pipeline import PassPlan, UpscaleOptions, Upscaler, UpscaleResult
 
 J = TypeVar("J")
 SUMMARY_WAIT = datetime.timedelta(days=7)  # ranks finish their shares at different times
@@ -42,27 +45,12 @@ class RankReport:
 
 @dataclass
 class Summary:
-    """Every rank's reports merged: outputs in input order, failures with the rank that met them."""
+    """Every rank's reports merged on rank 0: outputs in input order; outputs and failures carry their rank."""
 
     outputs: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     skipped: int
     ranks: int
-
-    def line(self) -> str:
-        """One line for stderr: what the whole job did, naming the files that failed and their ranks."""
-        text = f"{len(self.outputs)} written, {len(self.failures)} failed, {self.skipped} skipped on {self.ranks} ranks"
-        if self.failures:
-            text += ": " + ", ".join(f"{Path(f['input']).name} (rank {f['rank']})" for f in self.failures[:5])
-            text += ", ..." if len(self.failures) > 5 else ""
-        return text
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"outputs": self.outputs, "failed": len(self.failures), "skipped": self.skipped}
-        if self.ranks > 1:
-            data["errors"] = self.failures
-            data["ranks"] = self.ranks
-        return data
 
 
 def _terminate_as_interrupt(signum: int, frame: object) -> None:
@@ -79,20 +67,44 @@ class Session:
     device: torch.device
     summary_group: Any = None  # a gloo group with a long timeout: ranks finish their shares at different times
 
-    def assign(self, jobs: Sequence[J], make: Callable[[Path, Path], J]) -> list[J]:
-        """This rank's share of rank 0's pending jobs (objects with .source and .target paths)."""
+    def share(self, jobs: Sequence[J], make: Callable[[Path, Path], J], split_image: bool = False) -> list[J]:
+        """This rank's jobs, from rank 0's pending list: a pixel-balanced share, or every job when each
+        image is split across all ranks. Objects with .source and .target paths."""
         ranks = self.ranks
         if not ranks.distributed:
             return list(jobs)
         pending = None
         if ranks.is_root:
             pairs = [(str(j.source), str(j.target)) for j in jobs]  # type: ignore[attr-defined]
-            pending = (pairs, [image_pixels(Path(s)) for s, _ in pairs])
+            pending = (pairs, [1 if split_image else image_pixels(Path(s)) for s, _ in pairs])
         pairs, weights = broadcast(ranks, pending, "sharing the file list")
-        return [make(Path(pairs[i][0]), Path(pairs[i][1])) for i in share(pairs, weights, ranks.rank, ranks.world)]
+        mine = range(len(pairs)) if split_image else share(pairs, weights, ranks.rank, ranks.world)
+        return [make(Path(pairs[i][0]), Path(pairs[i][1])) for i in mine]
 
-    def gather(self, report: RankReport, order: Sequence[str] | None = None) -> Summary | None:
-        """All reports merged on rank 0 (None elsewhere), outputs in `order` of inputs."""
+    def writes(self, split_image: bool) -> bool:
+        """Whether this rank writes (and reports) its images: all ranks with shares, rank 0 for split images."""
+        return self.ranks.is_root or not split_image
+
+    def checkpoint(self, root: Path | None, target: Path, model_hash: str, split_image: bool) -> Checkpoint | None:
+        """The resumable-sampling hook of one output (None without --checkpoint)."""
+        if root is None:
+            return None
+        if split_image and self.ranks.distributed:
+            return image_checkpoint(root, target, model_hash, self.ranks.rank, self.ranks.world,
+                                    agree_across(self.ranks))
+        return image_checkpoint(root, target, model_hash)
+
+    def upscale(self, upscaler: Upscaler, image: torch.Tensor, options: UpscaleOptions, plans: list[PassPlan],
+                on_blocks: Callable[[int], None] | None, checkpoint: Checkpoint | None,
+                split_image: bool) -> UpscaleResult:
+        """One image: alone (or this rank's file), or split across every rank."""
+        sample = None if checkpoint is None else checkpoint.sample
+        if split_image and self.ranks.distributed:
+            return SplitUpscale(upscaler, self.ranks, on_blocks).upscale(image, options, plans, sample)
+        return upscaler.upscale(image, options, on_blocks=on_blocks, plans=plans, sample=sample)
+
+    def gather(self, report: RankReport) -> Summary | None:
+        """All reports merged on rank 0 (None elsewhere), outputs in input order."""
         ranks = self.ranks
         if not ranks.distributed:
             return Summary(report.outputs, report.failures, report.skipped, 1)
@@ -103,9 +115,7 @@ class Session:
             dist.all_gather_object(reports, report, group=self.summary_group)
         if not ranks.is_root:
             return None
-        position = {name: i for i, name in enumerate(order or [])}
-        outputs = sorted((o for r in reports for o in r.outputs),
-                         key=lambda o: position.get(o["input"], len(position)))
+        outputs = sorted((dict(o, rank=r.rank) for r in reports for o in r.outputs), key=lambda o: o["input"])
         failures = [dict(f, rank=r.rank) for r in reports for f in r.failures]
         return Summary(outputs, failures, sum(r.skipped for r in reports), ranks.world)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,8 +87,12 @@ def rank_device(requested: torch.device, ranks: Ranks) -> torch.device:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of a backend error: gloo prefixes a source path and appends advice; keep the middle."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)  # "[/path/pair.cc:545] "
+    text = re.sub(r"\s*\[?\d+\.\d+\.\d+\.\d+\]?:\d+", "", text)  # addresses and ports
+    sentences = [t for t in text.split(". ") if not t.startswith(("This is typically", "Check the logs", "GLHF"))]
+    return ". ".join(sentences).rstrip(".:")[:160]
 
 
 @contextmanager

@@ -9,6 +9,7 @@ gathered so that every rank has the whole image (the next pass's input, rank 0's
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -67,9 +68,10 @@ def gather_columns(ranks: Ranks, strip_out: Tensor, widths: list[int]) -> Tensor
 class SplitUpscale:
     """Upscale one image with its block columns spread over all ranks (rank-independent result)."""
 
-    def __init__(self, upscaler: Upscaler, ranks: Ranks) -> None:
+    def __init__(self, upscaler: Upscaler, ranks: Ranks, on_blocks: Callable[[int], None] | None = None) -> None:
         self.upscaler = upscaler
         self.ranks = ranks
+        self.on_blocks = on_blocks  # progress: called with the blocks of the whole image a group stands for
         self.link_stats: list[LinkStats] = []  # per pass
 
     def upscale(self, image: Tensor, options: UpscaleOptions, plans: list[PassPlan] | None = None,
@@ -85,10 +87,27 @@ class SplitUpscale:
             stats.append(st)
         return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start)
 
+    def _progress(self, strips: list[Strip]) -> Callable[[int], None] | None:
+        """This rank's blocks scaled to the whole image, so one rank's bar reaches the image's total."""
+        if self.on_blocks is None:
+            return None
+        on_blocks, mine, total = self.on_blocks, strips[self.ranks.rank].width, sum(s.width for s in strips)
+        done = [0.0, 0]
+
+        def advance(blocks: int) -> None:
+            done[0] += blocks * total / mine
+            whole = int(done[0]) - done[1]
+            done[1] += whole
+            on_blocks(whole)
+
+        return advance
+
     def strips(self, plan: PassPlan) -> tuple[int, list[Strip]]:
         """The block batch and the strips one pass runs with."""
         cols = plan.grid[1]
-        n = split_block_batch(plan.memory.block_batch, cols, self.ranks.world)
+        # Ranks may have planned different n from their own free memory: all use the smallest.
+        n = min(all_gather(self.ranks, plan.memory.block_batch, "agreeing on the block batch"))
+        n = split_block_batch(n, cols, self.ranks.world)
         return n, column_strips(cols, n, self.ranks.world)
 
     @torch.no_grad()
@@ -101,7 +120,8 @@ class SplitUpscale:
         strip = strips[self.ranks.rank]
         lr_up = inputs.lr_up[..., strip.cols.start * bs:strip.cols.stop * bs]
         link = BoundaryLink(self.ranks)
-        runner = StripRunner(up.model, inputs.model_lr, inputs.vector, n, plan.grid[0], strip, link)
+        runner = StripRunner(up.model, inputs.model_lr, inputs.vector, n, plan.grid[0], strip, link,
+                             on_group=self._progress(strips))
         denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
         sampler = get_sampler(options.sampler, up._sampler_options(options))
         shape, sigmas, seed = tuple(inputs.lr_up.shape), inputs.sigmas, inputs.seed

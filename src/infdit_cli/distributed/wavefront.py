@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -172,10 +173,12 @@ class StripRunner:
     """A NetworkCall over one rank's strip: (c_in-scaled strip input, c_noise) -> the strip's F."""
 
     def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None, n: int, grid_rows: int,
-                 strip: Strip, link: BoundaryLink, token_offset: tuple[int, int] = (0, 0)) -> None:
+                 strip: Strip, link: BoundaryLink, token_offset: tuple[int, int] = (0, 0),
+                 on_group: Callable[[int], None] | None = None) -> None:
         self.net, self.lr, self.vector, self.n = net, lr, vector, n
         self.grid_rows, self.strip, self.link = grid_rows, strip, link
         self.token_offset = token_offset
+        self.on_group = on_group  # called with the number of blocks after each group (progress bars)
         self.calls = 0
         self.seconds = 0.0
         self.band_bytes = 0
@@ -208,6 +211,8 @@ class StripRunner:
                 region = net_in[..., rows.start * bs:rows.stop * bs, (cols.start - s0) * bs:(cols.stop - s0) * bs]
                 y = self.net.run_blocks(region, cond, rows, cols, nbh, self.lr, self.token_offset)
                 out[..., rows.start * bs:rows.stop * bs, (cols.start - s0) * bs:(cols.stop - s0) * bs] = y
+                if self.on_group is not None:
+                    self.on_group(len(rows) * len(cols))
             column_out = nbh.take_outgoing()
             if self.link.has_right:
                 self.link.send(column_out)

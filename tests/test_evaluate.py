@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from infdit_cli.config import preset
-from infdit_cli.evaluate import evaluate, gradient_energy, psnr, ssim
+from infdit_cli.evaluate import EvalError, evaluate, find_samples, gradient_energy, psnr, sharpness_ratio, ssim
 from infdit_cli.model import InfDiT
 from infdit_cli.pipeline import UpscaleOptions, Upscaler
 
@@ -46,6 +47,9 @@ def test_metric_known_values():
     assert math.isclose(ssim(x, x), 1.0, abs_tol=1e-12) and ssim(x, torch.rand(1, 3, 40, 40) * 255) < 0.2
     ramp = torch.arange(16.0).expand(1, 3, 16, 16)  # slope 1 along x, flat along y
     assert math.isclose(gradient_energy(ramp), 1.0)
+    assert math.isclose(sharpness_ratio(2 * ramp, ramp), 2.0) and math.isclose(sharpness_ratio(x, x), 1.0)
+    blurred = F.avg_pool2d(x, 3, 1, 1)
+    assert sharpness_ratio(blurred, x) < 0.7
 
 
 def test_known_case_constant_image(tmp_path):
@@ -56,7 +60,7 @@ def test_known_case_constant_image(tmp_path):
     assert score.size == (44, 36)
     assert math.isclose(score.psnr, 10 * math.log10(255**2 / 100), rel_tol=1e-9)
     assert score.psnr_bicubic == math.inf and math.isclose(score.ssim_bicubic, 1.0)
-    assert score.grad_model == 0 and score.grad_truth == 0
+    assert math.isnan(score.sharpness)  # a flat original has no sharpness to compare with
     assert report.mean()["psnr"] == score.psnr
 
 
@@ -69,7 +73,38 @@ def test_evaluate_tiny_model_is_finite(tmp_path):
     report = evaluate(Upscaler(model), tmp_path, UpscaleOptions(steps=2), max_side=128)
     (score,) = report.images
     assert score.size == (128, 100)  # long side shrunk to 128, then cropped to a multiple of 4
-    values = [score.psnr, score.ssim, score.psnr_bicubic, score.ssim_bicubic, score.grad_model]
-    assert all(math.isfinite(v) for v in values)
-    assert score.psnr_bicubic > 15 and score.grad_truth > score.grad_bicubic  # bicubic is blurrier than HR
+    assert 0 < score.ssim < 1 and 0 < score.ssim_bicubic < 1 and score.psnr < score.psnr_bicubic  # random weights
+    assert score.psnr_bicubic > 15 and 0 < score.sharpness_bicubic < 1  # bicubic is blurrier than the HR
     assert set(report.to_dict()) == {"images", "mean"}
+
+
+def test_ready_made_pairs_in_one_folder(tmp_path):
+    """NAME_lr / NAME_hr pairs: the given LR is used (not a downscale of the HR)."""
+    hr = np.full((40, 48, 3), 100)
+    save(tmp_path / "a_hr.png", hr)
+    save(tmp_path / "a_lr.png", np.full((10, 12, 3), 90))  # a darker LR than the HR's own downscale
+    save(tmp_path / "b_hr.png", np.full((41, 50, 3), 100))  # 1–2 px over 4× the LR: cropped
+    save(tmp_path / "b_lr.png", np.full((10, 12, 3), 100))
+    assert [(s.name, s.lr.name) for s in find_samples(tmp_path)] == [("a", "a_lr.png"), ("b", "b_lr.png")]
+    report = evaluate(NearestPlus(0), tmp_path, None)
+    a, b = report.images
+    assert a.size == (48, 40) and math.isclose(a.psnr, 10 * math.log10(255**2 / 100), rel_tol=1e-9)
+    assert b.size == (48, 40) and b.psnr == math.inf
+
+
+def test_ready_made_pairs_in_two_folders(tmp_path):
+    save(tmp_path / "hr" / "x" / "p.png", np.full((32, 32, 3), 50))
+    save(tmp_path / "lr" / "x" / "p.png", np.full((8, 8, 3), 60))
+    (sample,) = find_samples(tmp_path / "hr", tmp_path / "lr")
+    assert sample.name == "x/p" and sample.lr == tmp_path / "lr" / "x" / "p.png"
+    (score,) = evaluate(NearestPlus(0), tmp_path / "hr", None, lr_folder=tmp_path / "lr").images
+    assert math.isclose(score.psnr, 10 * math.log10(255**2 / 100), rel_tol=1e-9)
+
+
+def test_bad_pairs_are_one_line_errors(tmp_path):
+    save(tmp_path / "a_hr.png", np.full((40, 40, 3), 1))
+    with pytest.raises(EvalError, match="^a: no matching LR image"):
+        find_samples(tmp_path)
+    save(tmp_path / "a_lr.png", np.full((12, 10, 3), 1))
+    with pytest.raises(EvalError, match="is not 4x the LR"):
+        evaluate(NearestPlus(0), tmp_path, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from infdit_cli.config import preset
+from infdit_cli.model import InfDiT
+from infdit_cli.preprocess import upsample_lr
 from infdit_cli.train import (
     CropSource,
     TrainConfig,
     TrainError,
     edm_loss,
+    learning_rate,
     make_lr,
+    psnr_gain,
     random_crop,
     split_files,
     step_generator,
@@ -41,9 +46,13 @@ def write_images(folder: Path, n: int = 4, size: int = 192) -> Path:
     return folder
 
 
+SMALL_BLOCKS = {"block_size": 32}  # 64 tokens per block: every feature, a fraction of the time
+
+
 def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(data=str(write_images(tmp_path / "data")), out=str(tmp_path / "out"), preset="tiny", steps=4,
-                batch_size=2, crop=128, lr=2e-3, ema=0.9, val_every=0, val_images=1, seed=3)
+                batch_size=2, crop=64, lr=2e-3, ema=0.9, val_every=0, val_images=1, seed=3,
+                overrides=dict(SMALL_BLOCKS))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -57,7 +66,9 @@ def test_validation_loss_decreases(tmp_path):
     assert len(events) == 8 and events[-1].val_loss == vals[-1]
     # The saved model is the EMA, in our format, with the training recipe recorded.
     config, meta = read_config(result.model_path)
-    assert config == preset("tiny") and meta["train_steps"] == "8" and meta["preset"] == "tiny"
+    assert config == preset("tiny", **SMALL_BLOCKS) and meta["train_steps"] == "8" and meta["preset"] == "tiny"
+    assert json.loads(meta["objective"]) == {"kind": "edm", "p_mean": -1.0, "p_std": 1.4}
+    assert "sampling" not in meta  # an EDM model samples with whatever the user picks
     assert load_model(result.model_path).num_parameters() == result.num_parameters
 
 
@@ -82,41 +93,144 @@ def test_resume_is_exact(tmp_path):
 def test_resume_rejects_other_architecture(tmp_path):
     train(tiny_config(tmp_path, steps=1))
     with pytest.raises(TrainError):
-        train(tiny_config(tmp_path, steps=2, resume=True, overrides={"num_layers": 3}))
+        train(tiny_config(tmp_path, steps=2, resume=True, overrides={**SMALL_BLOCKS, "num_layers": 3}))
 
 
 def test_crop_must_be_block_multiple(tmp_path):
     with pytest.raises(TrainError):
-        train(tiny_config(tmp_path, crop=96))
+        train(tiny_config(tmp_path, crop=80))
 
 
 def test_split_and_crops(tmp_path):
     cfg = tiny_config(tmp_path, val_images=1)
     train_files, val_files = split_files(cfg)
     assert len(train_files) == 3 and len(val_files) == 1 and not set(train_files) & set(val_files)
-    source = CropSource(train_files, 128)
+    source = CropSource(train_files, 64)
     a = random_crop(source, step_generator(0, 5), 0.3, True)
     b = random_crop(source, step_generator(0, 5), 0.3, True)
-    assert a.shape == (3, 128, 128) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
+    assert a.shape == (3, 64, 64) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
     lr = make_lr(a[None], 4, step_generator(0, 5), degrade=True)
-    assert lr.shape == (1, 3, 32, 32) and lr.min() >= -1 and lr.max() <= 1
+    assert lr.shape == (1, 3, 16, 16) and lr.min() >= -1 and lr.max() <= 1
     assert torch.allclose((lr + 1) * 127.5, ((lr + 1) * 127.5).round(), atol=1e-4)  # 8-bit levels
 
 
 def test_edm_loss_weighting_matches_definition():
     """With a zero network, D = c_skip·x, so the loss has a closed form."""
-    model = preset("tiny")
-    net = __import__("infdit_cli.model", fromlist=["InfDiT"]).InfDiT(model)
+    net = InfDiT(preset("tiny", **SMALL_BLOCKS))
     for p in net.parameters():
         torch.nn.init.zeros_(p)
-    hr = torch.rand(1, 3, 128, 128) * 2 - 1
+    hr = torch.rand(1, 3, 64, 64) * 2 - 1
     noise = torch.randn_like(hr)
     sigma = torch.tensor([0.7])
     loss = edm_loss(net, hr, make_lr(hr, 4), sigma, noise)
     sd = 0.5
     c_skip = sd**2 / (sigma**2 + sd**2)
-    expected = (sigma**2 + sd**2) / (sigma * sd) ** 2 * (c_skip * (hr + sigma * noise) - hr).square().mean()
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    expected = weight * (c_skip * (hr + sigma * noise) - hr).square().mean()
     assert torch.allclose(loss, expected, rtol=1e-5)
+    # One-step: the start is bicubic(LR) + σn, not HR + σn.
+    lr = make_lr(hr, 4)
+    one = edm_loss(net, hr, lr, sigma, noise, objective="one-step")
+    start = upsample_lr(lr, 4) + sigma * noise
+    assert torch.allclose(one, weight * (c_skip * start - hr).square().mean(), rtol=1e-5)
+    assert not torch.allclose(one, loss)
+
+
+def test_initialize_weights_starts_as_identity():
+    """DiT-style init: F ≡ 0, so one call at a tiny σ returns the bicubic start (up to c_skip)."""
+    net = InfDiT(preset("tiny", **SMALL_BLOCKS)).initialize_weights(0)
+    hr = torch.rand(1, 3, 64, 64) * 2 - 1
+    lr = make_lr(hr, 4)
+    x = upsample_lr(lr, 4)
+    out = net(torch.cat([x, x], 1), torch.zeros(1), lr=lr)
+    assert torch.equal(out, torch.zeros_like(out))
+    # ...while the other paths are live (a zero network would also pass the line above).
+    assert net.blocks[0].qkv.weight.abs().sum() > 0 and net.patch_embed.weight.abs().sum() > 0
+    rnd = InfDiT(preset("tiny", **SMALL_BLOCKS)).init_random(0)
+    assert rnd(torch.cat([x, x], 1), torch.zeros(1), lr=lr).abs().max() > 0
+
+
+def one_step_config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(objective="one-step", sigma=0.004, sample_sigma=0.003, lr=3e-3, warmup=2, cosine=True,
+                batch_size=4, p_resize=0.0)
+    base.update(kw)
+    return tiny_config(tmp_path, **base)
+
+
+def write_rectangles(folder: Path, size: int = 64) -> Path:
+    """Sharp-edged colour rectangles: where bicubic ×4 is clearly wrong, so the residual is learnable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = np.zeros((size, size, 3), np.uint8)
+    for _ in range(12):
+        (y, x), (h, w) = rng.integers(0, size - 8, 2), rng.integers(4, 24, 2)
+        img[y: y + h, x: x + w] = rng.integers(0, 256, 3)
+    Image.fromarray(img).save(folder / "rects.png")
+    return folder
+
+
+def test_one_step_objective_learns_and_records_its_sampling(tmp_path):
+    data = write_rectangles(tmp_path / "rects")
+    cfg = one_step_config(tmp_path, data=str(data), steps=40, val_images=0, ema=0.8, lr=1e-2, cosine=False,
+                          batch_size=2)
+    result = train(cfg)
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
+    assert last < 0.8 * first  # measured: 3684 -> 2303
+    model = load_model(result.model_path)
+    crop = torch.from_numpy(np.asarray(Image.open(data / "rects.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert psnr_gain(model, crop, 0.003) > 0.3  # the EMA model beats bicubic on what it saw
+    assert psnr_gain(InfDiT(model.config).initialize_weights(0), crop, 0.003) == pytest.approx(0, abs=0.05)
+    _, meta = read_config(result.model_path)
+    assert json.loads(meta["objective"]) == {"kind": "one-step", "sigma": 0.004}
+    assert json.loads(meta["sampling"]) == {"sampler": "euler", "steps": 1, "sigma_max": 0.003, "sigma_min": 0.0015}
+
+
+def test_one_step_model_warns_when_sampled_otherwise(tmp_path):
+    from infdit_cli.pipeline import load_upscaler
+
+    result = train(one_step_config(tmp_path, steps=1))
+    upscaler = load_upscaler(str(result.model_path), torch.device("cpu"))
+    own = upscaler.options()
+    assert (own.sampler, own.steps, own.sigma_max) == ("euler", 1, 0.003)
+    assert upscaler.sampling_warning(own) is None
+    warning = upscaler.sampling_warning(upscaler.options(steps=20, sampler="heun-edm"))
+    assert warning and "one euler step" in warning and "\n" not in warning
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_exact_with_one_step_options(tmp_path):
+    """Interrupted after step 2 of 4 and rerun: the same run (the cosine schedule spans all 4 steps)."""
+    straight = train(one_step_config(tmp_path / "a", steps=4))
+
+    def kill_at_2(p) -> None:
+        if p.step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(one_step_config(tmp_path / "b", steps=4, save_every=1), kill_at_2)
+    resumed = train(one_step_config(tmp_path / "b", steps=4, save_every=1, resume=True))
+    assert resumed.losses == straight.losses[2:]
+    a, b = load_file(str(straight.model_path)), load_file(str(resumed.model_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(data="d", out="o", lr=1.0, warmup=10, cosine=True, steps=110)
+    rates = [learning_rate(cfg, s) for s in range(110)]
+    assert rates[0] == pytest.approx(0.1)
+    assert rates[9] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 9 / 110)))
+    assert max(rates) <= 1.0 and rates[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))  # decays monotonically after warm-up
+
+
+def test_one_step_needs_a_fixed_sigma(tmp_path):
+    with pytest.raises(TrainError, match="sigma"):
+        train(tiny_config(tmp_path, objective="one-step"))
+    with pytest.raises(TrainError, match="objective"):
+        train(tiny_config(tmp_path, objective="flow"))
 
 
 def test_cli_train_then_eval(tmp_path):
@@ -130,13 +244,19 @@ def test_cli_train_then_eval(tmp_path):
     app.command("eval")(eval_command)
     data = write_images(tmp_path / "data", n=2, size=128)
     runner = CliRunner()
-    res = runner.invoke(app, ["train", str(data), "--preset", "tiny", "--out", str(tmp_path / "run"), "--steps", "1",
-                              "--batch-size", "1", "--crop", "128", "--val-images", "1", "--device", "cpu"])
+    res = runner.invoke(app, ["train", str(data), "--preset", "tiny", "--set", "block_size=32", "-o",
+                              str(tmp_path / "run"), "--max-steps", "1", "--objective", "one-step", "--sigma", "0.004",
+                              "--batch-size", "1", "--crop", "64", "--val-images", "1", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     model = tmp_path / "run" / "model.safetensors"
     assert model.is_file()
-    res = runner.invoke(app, ["eval", str(data / "im0.png"), "--model", str(model), "--steps", "1",
-                              "--max-side", "64", "--json", "--device", "cpu"])
+    res = runner.invoke(app, ["eval", str(data / "im0.png"), "--model", str(model), "--max-side", "64", "--json",
+                              "--device", "cpu"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert np.isfinite(report["mean"]["psnr"]) and len(report["images"]) == 1
+    assert len(report["images"]) == 1 and report["images"][0]["size"] == [64, 64]
+    # The model's own sampling (one Euler step at its σ), not the generic 20-step default.
+    assert report["sampling"]["sampler"] == "euler" and report["sampling"]["steps"] == 1
+    assert report["sampling"]["sigma_max"] == 0.004
+    # One step from bicubic with an all-but-untrained model stays within a hair of bicubic.
+    assert abs(report["mean"]["psnr"] - report["mean"]["psnr_bicubic"]) < 1.0

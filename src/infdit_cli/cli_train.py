@@ -1,19 +1,45 @@
-"""`infdit train` and `infdit eval`: thin Typer-signature shells over train.py and evaluate.py.
+"""`infdit train` and `infdit eval`: thin Typer-signature shells over `train/` and `evaluate.py`.
 
 Register with `app.command("train")(train_command)` and `app.command("eval")(eval_command)`.
+Options follow the vocabulary in `cli_common` (`-o/--output`, `--dtype`, `--device`,
+`--block-batch N|auto`, `--steps` for sampler steps only, `--max-steps` for a training length).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
-from infdit_cli.cli_common import cli_errors, default_model_path, err, fail, info, out, pick_device
+from infdit_cli.cli_common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Dtype,
+    cli_errors,
+    default_model_path,
+    err,
+    fail,
+    info,
+    out,
+    parse_dtype,
+    pick_device,
+)
+
+
+class Objective(str, Enum):
+    """--objective values (see infdit_cli.train.objective)."""
+
+    edm = "edm"
+    one_step = "one-step"
+
+
+class Init(str, Enum):
+    dit = "dit"
+    random = "random"
 
 
 def _parse_overrides(items: list[str] | None) -> dict[str, object]:
@@ -30,112 +56,201 @@ def _parse_overrides(items: list[str] | None) -> dict[str, object]:
     return result
 
 
+def _parse_block_batch(text: str) -> int | None:
+    """`auto` -> None (planned from memory), else a positive int."""
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise typer.BadParameter(f"--block-batch expects a positive integer or auto, got {text!r}") from None
+    if n < 1:
+        raise typer.BadParameter("--block-batch must be at least 1")
+    return n
+
+
 @cli_errors
 def train_command(
-    data: Annotated[Path, typer.Argument(help="Folder of training images (searched recursively).")],
+    data: Annotated[Path, typer.Argument(help="Folder of training images (searched recursively).", show_default=False)],
     preset: Annotated[str, typer.Option(help="Model preset from config.py.")] = "small",
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a preset field, e.g. --set hidden_size=192 (repeatable).")] = None,
-    out_dir: Annotated[Path, typer.Option(
-        "--out", help="Checkpoint folder (model.safetensors = EMA).")] = Path("runs/train"),
-    steps: Annotated[int, typer.Option(help="Total optimiser steps (a resumed run continues up to this).")] = 1000,
+        "--set", help="Override a preset field, e.g. --set hidden_size=192 (repeatable).", show_default="none")] = None,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Checkpoint folder (model.safetensors = EMA weights).")] = Path("runs/train"),
+    objective: Annotated[Objective, typer.Option(
+        help="edm: x = HR + σn, the paper's; one-step: x = bicubic(LR) + σn at a fixed tiny σ, "
+             "sampled with one Euler call.")] = Objective.edm,
+    sigma: Annotated[float | None, typer.Option(
+        help="Fixed training σ (required by one-step, e.g. 0.004).",
+        show_default="log σ ~ N(p-mean, p-std²)")] = None,
+    p_mean: Annotated[float, typer.Option(help="Mean of log σ when σ is not fixed.")] = -1.0,
+    p_std: Annotated[float, typer.Option(help="Std of log σ when σ is not fixed.")] = 1.4,
+    sample_sigma: Annotated[float | None, typer.Option(
+        help="one-step: σ of the single inference call, stored as the model's sampling.",
+        show_default="--sigma")] = None,
+    init: Annotated[Init, typer.Option(
+        help="dit: zeroed adaLN and output layer (starts as the identity); random: every path random.")] = Init.dit,
+    max_steps: Annotated[int, typer.Option(
+        help="Total optimiser steps (a resumed run continues up to this).")] = 1000,
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 4,
-    crop: Annotated[int, typer.Option(help="HR crop side in px, a multiple of 128 (256 or 512).")] = 256,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    crop: Annotated[int, typer.Option(help="HR crop side in px, a multiple of the block size.")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 1e-4,
     warmup: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    cosine: Annotated[bool, typer.Option(help="Cosine decay of the learning rate to 10 % at --max-steps.")] = False,
     ema: Annotated[float, typer.Option(help="EMA decay of the saved weights.")] = 0.999,
     grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 = off).")] = 1.0,
-    val_every: Annotated[int, typer.Option(help="Validate (and checkpoint) every N steps.")] = 100,
+    p_resize: Annotated[float, typer.Option(help="Probability of resize-shorter-side-then-crop.")] = 0.3,
+    val_every: Annotated[int, typer.Option(help="Validate every N steps (0 = never).")] = 100,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.", show_default="--val-every")] = 0,
     val_images: Annotated[int, typer.Option(help="Images held out of DATA for validation.")] = 2,
-    val_data: Annotated[Path | None, typer.Option(help="Separate validation folder instead.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue exactly from the checkpoint in --out.")] = False,
+    val_data: Annotated[Path | None, typer.Option(
+        help="Separate validation folder instead.", show_default="held out of DATA")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue exactly from the checkpoint in --output.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and noise.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cuda, cpu or mps.")] = "auto",
-    bf16: Annotated[bool | None, typer.Option(help="bf16 autocast (default: on for CUDA only).")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[Dtype, typer.Option(
+        help="Compute precision: auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")] = Dtype.auto,
     degrade: Annotated[bool, typer.Option(help="Random blur/noise/JPEG on the LR.")] = False,
-    clip: Annotated[str | None, typer.Option(help="CLIP weights (only for presets with vector_dim > 0).")] = None,
+    clip: Annotated[str | None, typer.Option(
+        help="CLIP weights (only for presets with vector_dim > 0).", show_default="none")] = None,
 ) -> None:
-    """Train an Inf-DiT upscaler from scratch (EDM loss, UniBA whole-image path, EMA weights)."""
-    from infdit_cli.train import TrainConfig, TrainError, train
+    """Train an Inf-DiT upscaler from scratch (UniBA whole-image path, EMA weights, exact resume)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from infdit_cli.train import TrainConfig, train
 
     dev = pick_device(device)
+    if dtype == Dtype.fp16:
+        raise fail("training supports --dtype auto, fp32 or bf16")
+    bf16 = None if dtype == Dtype.auto else dtype == Dtype.bf16
     config = TrainConfig(
-        data=str(data), out=str(out_dir), preset=preset, overrides=_parse_overrides(set_), steps=steps,
-        batch_size=batch_size, crop=crop, lr=lr, warmup=warmup, ema=ema, grad_clip=grad_clip,
-        val_every=val_every, val_images=val_images, val_data=str(val_data) if val_data else None,
-        resume=resume, seed=seed, device=str(dev), bf16=bf16, degrade=degrade, clip=clip,
+        data=str(data), out=str(output), preset=preset, overrides=_parse_overrides(set_), steps=max_steps,
+        batch_size=batch_size, crop=crop, lr=lr, warmup=warmup, cosine=cosine, ema=ema, grad_clip=grad_clip,
+        objective=objective.value, sigma=sigma, p_mean=p_mean, p_std=p_std, sample_sigma=sample_sigma,
+        init=init.value, p_resize=p_resize, val_every=val_every, save_every=save_every, val_images=val_images,
+        val_data=str(val_data) if val_data else None, resume=resume, seed=seed, device=str(dev), bf16=bf16,
+        degrade=degrade, clip=clip,
     )
     try:
         mc = config.model_config()
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"model config: {exc}") from None
-    info(f"training preset {preset} {config.overrides or ''} on {dev.type}: {steps} steps × {batch_size} "
-         f"crops of {crop} px → {out_dir}  (hidden {mc.hidden_size}, {mc.num_layers} layers)")
+    info(f"training preset {preset} {config.overrides or ''} on {dev.type}, objective {objective.value}: "
+         f"{max_steps} steps × {batch_size} crops of {crop} px → {output}  "
+         f"(hidden {mc.hidden_size}, {mc.num_layers} layers)")
     progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[msg]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err)
     with progress:
-        task = progress.add_task("train", total=steps, msg="")
+        task = progress.add_task("train", total=max_steps, msg="")
 
         def on_step(p) -> None:
-            msg = f"loss {p.loss:.4f}"
             if p.val_loss is not None:
-                progress.console.print(f"step {p.step}: validation loss {p.val_loss:.4f}")
-            progress.update(task, completed=p.step, msg=msg)
+                gain = f", {p.val_psnr_gain:+.2f} dB over bicubic" if p.val_psnr_gain is not None else ""
+                progress.console.print(f"step {p.step}: validation loss {p.val_loss:.4f}{gain}", highlight=False)
+            progress.update(task, completed=p.step, msg=f"loss {p.loss:.4f}")
 
-        try:
-            result = train(config, on_step)
-        except TrainError as exc:
-            raise fail(str(exc)) from None
+        result = train(config, on_step)
     out.print(f"saved {result.model_path} ({result.num_parameters / 1e6:.2f} M parameters, "
               f"{result.steps} steps, {result.seconds / 60:.1f} min)")
 
 
 @cli_errors
 def eval_command(
-    folder: Annotated[Path, typer.Argument(help="Folder (or file) of HR images to downscale ×4 and restore.")],
-    model: Annotated[str | None, typer.Option(help="Model folder/file or hub repo (default: shipped model).")] = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 20,
-    sampler: Annotated[str, typer.Option(help="Sampler plugin.")] = "heun-edm",
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images.")] = None,
-    max_side: Annotated[int | None, typer.Option(help="First shrink each HR so its long side is at most N px.")] = None,
-    sigma_max: Annotated[float, typer.Option(help="Largest noise level (the sampler starts at LR + σ·noise).")] = 40.0,
+    folder: Annotated[Path, typer.Argument(
+        help="HR images to downscale ×4, or LR/HR pairs (NAME_lr.* + NAME_hr.*).", show_default=False)],
+    lr_folder: Annotated[Path | None, typer.Option(
+        "--lr", help="Folder of LR images with the same names as the HR images in FOLDER.",
+        show_default="none")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images.", show_default="all")] = None,
+    max_side: Annotated[int | None, typer.Option(
+        help="Shrink each HR-only image so its long side is at most N px first.", show_default="no shrinking")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cuda, cpu or mps.")] = "auto",
+    steps: Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")] = None,
+    sampler: Annotated[str | None, typer.Option(
+        help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")] = None,
+    sigma_min: Annotated[float | None, typer.Option(
+        help="Smallest noise level.", show_default="the model's, else 0.002")] = None,
+    sigma_max: Annotated[float | None, typer.Option(
+        help="Largest noise level.", show_default="the model's, else 40")] = None,
+    rho: Annotated[float | None, typer.Option(
+        help="Karras schedule exponent.", show_default="the model's, else 7")] = None,
+    churn: Annotated[float | None, typer.Option(
+        help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
+    block_batch: Annotated[str, typer.Option(help="Blocks per group side n, or auto (planned from memory).")] = "auto",
+    max_memory: Annotated[str | None, typer.Option(
+        help="Memory budget, e.g. 6GB.", show_default="free device memory")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """PSNR / SSIM / gradient energy of the model vs bicubic on ×4-downscaled images."""
-    from infdit_cli.evaluate import evaluate
-    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+    """PSNR, SSIM and sharpness ratio (mean |∇| of the output / of the original) of the model and of
+    bicubic, with the model's own sampling settings unless told otherwise."""
+    from rich.table import Table
 
+    from infdit_cli.engine.memory import parse_size
+    from infdit_cli.evaluate import evaluate
+    from infdit_cli.pipeline import load_upscaler
+
+    n = _parse_block_batch(block_batch)
     dev = pick_device(device)
     source = model or (str(default_model_path()) if default_model_path() else None)
     if source is None:
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
-    upscaler = load_upscaler(source, dev)
-    options = UpscaleOptions(scale=4, steps=steps, sampler=sampler, seed=seed, sigma_max=sigma_max)
+    upscaler = load_upscaler(source, dev, parse_dtype(dtype, dev.type))
+    options = upscaler.options(scale=4, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
+                               rho=rho, churn=churn, seed=seed, block_batch=n,
+                               max_memory=parse_size(max_memory) if max_memory else None)
+    options.validate()
+    warning = upscaler.sampling_warning(options)
+    if warning:
+        info(f"warning: {warning}", style="yellow")
+    if not as_json:
+        info(f"sampling: {options.sampler}, {options.steps} step(s), σ_max {options.sigma_max:g}, seed {seed}")
 
     def on_image(s) -> None:
         if not as_json:
             err.print(f"{s.name}: PSNR {s.psnr:.2f} (bicubic {s.psnr_bicubic:.2f}) dB, "
-                      f"SSIM {s.ssim:.4f} (bicubic {s.ssim_bicubic:.4f})", highlight=False)
+                      f"SSIM {s.ssim:.4f} (bicubic {s.ssim_bicubic:.4f}), "
+                      f"sharpness {s.sharpness:.2f} (bicubic {s.sharpness_bicubic:.2f})", highlight=False)
 
-    try:
-        report = evaluate(upscaler, folder, options, limit=limit, max_side=max_side, on_image=on_image)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    report = evaluate(upscaler, folder, options, limit=limit, max_side=max_side, on_image=on_image,
+                      lr_folder=lr_folder)
     if as_json:
-        out.print_json(json.dumps(report.to_dict()))
+        data = report.to_dict()
+        data["sampling"] = {"sampler": options.sampler, "steps": options.steps, "sigma_min": options.sigma_min,
+                            "sigma_max": options.sigma_max, "rho": options.rho, "churn": options.churn,
+                            "seed": options.seed}
+        out.print_json(json.dumps(_nan_to_none(data)))
         return
-    table = Table("image", "PSNR", "bicubic", "SSIM", "bicubic", "grad model", "grad bicubic", "grad HR")
-    rows = [(s.name, s.psnr, s.psnr_bicubic, s.ssim, s.ssim_bicubic, s.grad_model, s.grad_bicubic, s.grad_truth)
+    table = Table("image", "PSNR", "bicubic", "SSIM", "bicubic", "sharpness", "bicubic", title="model vs bicubic")
+    rows = [(s.name, s.psnr, s.psnr_bicubic, s.ssim, s.ssim_bicubic, s.sharpness, s.sharpness_bicubic)
             for s in report.images]
     m = report.mean()
-    rows.append(("mean", m["psnr"], m["psnr_bicubic"], m["ssim"], m["ssim_bicubic"], m["grad_model"],
-                 m["grad_bicubic"], m["grad_truth"]))
+    rows.append(("mean", m["psnr"], m["psnr_bicubic"], m["ssim"], m["ssim_bicubic"], m["sharpness"],
+                 m["sharpness_bicubic"]))
     for name, *v in rows:
-        table.add_row(name, f"{v[0]:.2f}", f"{v[1]:.2f}", f"{v[2]:.4f}", f"{v[3]:.4f}", f"{v[4]:.1f}",
-                      f"{v[5]:.1f}", f"{v[6]:.1f}")
+        table.add_row(name, f"{v[0]:.2f}", f"{v[1]:.2f}", f"{v[2]:.4f}", f"{v[3]:.4f}", f"{v[4]:.3f}", f"{v[5]:.3f}")
     out.print(table)
+
+
+def _nan_to_none(data: object) -> object:
+    """inf/nan (identical images, flat originals) become null: JSON has no such numbers."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _nan_to_none(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_nan_to_none(v) for v in data]
+    return data
 
 
 __all__ = ["train_command", "eval_command"]

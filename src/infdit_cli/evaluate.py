@@ -1,9 +1,11 @@
-"""Measuring an upscaler against bicubic on HR photographs: PSNR, SSIM and gradient energy.
+"""Measuring an upscaler against bicubic: PSNR, SSIM and a sharpness ratio.
 
-Each HR image is cropped to a multiple of 4, downscaled ×4 (antialiased bicubic, quantised to
-8 bits like a real file), upscaled by the model and by bicubic, and compared with the HR in
-[0, 255] with a 4-px border shaved. Gradient energy makes "sharper than bicubic" measurable:
-PSNR rewards blur, so a good generative upscaler can lose PSNR yet gain detail.
+Two sources of pairs: HR photographs alone (each cropped to a multiple of 4 and downscaled ×4 by
+antialiased bicubic, quantised to 8 bits like a real file), or ready-made LR/HR pairs
+(`NAME_lr.*` + `NAME_hr.*` in one folder, or two folders with the same names). Each LR is
+upscaled by the model and by bicubic and compared with the HR in [0, 255] with a 4-px border
+shaved. The sharpness ratio (mean |∇| of the output / of the HR) makes "as sharp as the original"
+measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from infdit_cli.errors import InfditError
 from infdit_cli.preprocess import bicubic_resize
 
 SCALE = 4
@@ -40,9 +43,8 @@ class ImageScore:
     ssim: float
     psnr_bicubic: float
     ssim_bicubic: float
-    grad_model: float
-    grad_bicubic: float
-    grad_truth: float
+    sharpness: float  # mean |∇| of the model's output / of the HR (1 = as sharp as the original)
+    sharpness_bicubic: float
     seconds: float = 0.0
 
 
@@ -97,6 +99,20 @@ def ssim(a: Tensor, b: Tensor) -> float:
     return (num / den).mean(dim=(0, 2, 3)).mean().item()
 
 
+def mean_abs_gradient(x: Tensor) -> float:
+    """Mean |dx| + |dy| (finite differences), averaged over channels: higher = more detail."""
+    x = x.double()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs()[..., :-1, :]
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs()[..., :, :-1]
+    return (dx + dy).mean().item()
+
+
+def sharpness_ratio(output: Tensor, truth: Tensor) -> float:
+    """mean |∇| of `output` / that of `truth`; nan when the truth is perfectly flat."""
+    g = mean_abs_gradient(truth)
+    return mean_abs_gradient(output) / g if g > 0 else math.nan
+
+
 def gradient_energy(x: Tensor) -> float:
     """Mean squared finite-difference gradient (dx² + dy²), averaged over channels: higher = sharper."""
     x = x.double()
@@ -106,6 +122,19 @@ def gradient_energy(x: Tensor) -> float:
 
 
 # -- data ----------------------------------------------------------------------------------------
+class EvalError(InfditError):
+    """A folder or pair that cannot be evaluated (one line for the user)."""
+
+
+@dataclass
+class Sample:
+    """One evaluation case: an HR image and, for ready-made pairs, its LR file."""
+
+    name: str
+    hr: Path
+    lr: Path | None = None
+
+
 def list_images(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if root.is_file():
@@ -113,17 +142,67 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _pair_key(path: Path, root: Path, tag: str = "") -> str:
+    rel = path.relative_to(root).with_suffix("")
+    return str(rel)[: -len(tag)] if tag and str(rel).endswith(tag) else str(rel)
+
+
+def find_samples(folder: str | Path, lr_folder: str | Path | None = None) -> list[Sample]:
+    """HR images to downscale, or LR/HR pairs: `NAME_lr.*`/`NAME_hr.*` in `folder`, or the same
+    relative names in `folder` (HR) and `lr_folder` (LR). Unmatched files of a pair set are an error."""
+    root = Path(folder)
+    files = list_images(root)
+    if lr_folder is not None:
+        lr_root = Path(lr_folder)
+        if not lr_root.is_dir():
+            raise EvalError(f"{lr_root}: not a folder")
+        hr = {_pair_key(p, root): p for p in files}
+        lr = {_pair_key(p, lr_root): p for p in list_images(lr_root)}
+        tagged = False
+    else:
+        hr = {_pair_key(p, root, "_hr"): p for p in files if p.stem.endswith("_hr")}
+        lr = {_pair_key(p, root, "_lr"): p for p in files if p.stem.endswith("_lr")}
+        tagged = bool(hr or lr)
+        if not tagged:
+            return [Sample(p.name, p) for p in files]
+    unmatched = sorted(set(hr) ^ set(lr))
+    if unmatched:
+        side = "LR" if unmatched[0] in hr else "HR"
+        hint = " (files NAME_lr.* / NAME_hr.*)" if tagged else ""
+        raise EvalError(f"{unmatched[0]}: no matching {side} image{hint}")
+    return [Sample(k, hr[k], lr[k]) for k in sorted(hr)]
+
+
+def load_rgb01(path: Path, max_side: int | None = None) -> Tensor:
+    """[1, 3, H, W] float in [0, 1]; optionally shrunk (Lanczos) so the long side ≤ max_side."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if max_side and max(im.size) > max_side:
+                s = max_side / max(im.size)
+                im = im.resize((max(SCALE, round(im.size[0] * s)), max(SCALE, round(im.size[1] * s))),
+                               Image.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"{path}: cannot read image ({exc})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
+
+
 def load_hr(path: Path, max_side: int | None = None) -> Tensor:
-    """[1, 3, H, W] float in [0, 1]; optionally shrunk (Lanczos) so the long side ≤ max_side; cropped to ×4."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max_side and max(im.size) > max_side:
-            s = max_side / max(im.size)
-            im = im.resize((max(SCALE, round(im.size[0] * s)), max(SCALE, round(im.size[1] * s))),
-                           Image.Resampling.LANCZOS)
-        arr = np.asarray(im, dtype=np.uint8)
-    h, w = arr.shape[0] // SCALE * SCALE, arr.shape[1] // SCALE * SCALE
-    return torch.from_numpy(arr[:h, :w].copy()).permute(2, 0, 1)[None].float() / 255
+    """`load_rgb01`, cropped to a multiple of the scale."""
+    x = load_rgb01(path, max_side)
+    h, w = x.shape[-2] // SCALE * SCALE, x.shape[-1] // SCALE * SCALE
+    return x[..., :h, :w]
+
+
+def load_pair(sample: Sample) -> tuple[Tensor, Tensor]:
+    """(HR, LR) of a ready-made pair; the HR is cropped to exactly SCALE × the LR (≤ SCALE−1 px extra)."""
+    assert sample.lr is not None
+    hr, lr = load_rgb01(sample.hr), load_rgb01(sample.lr)
+    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
+    if not (0 <= h - SCALE * lh < SCALE and 0 <= w - SCALE * lw < SCALE):
+        raise EvalError(f"{sample.name}: HR {w}x{h} is not {SCALE}x the LR {lw}x{lh}")
+    return hr[..., : SCALE * lh, : SCALE * lw], lr
 
 
 def quantise(x: Tensor) -> Tensor:
@@ -145,32 +224,36 @@ def bicubic_upscale(lr: Tensor) -> Tensor:
 def score_image(name: str, hr: Tensor, sr: Tensor, bic: Tensor, seconds: float = 0.0) -> ImageScore:
     t, s, b = (shave(quantise(x)) for x in (hr, sr, bic))
     return ImageScore(name, (hr.shape[-1], hr.shape[-2]), psnr(s, t), ssim(s, t), psnr(b, t), ssim(b, t),
-                      gradient_energy(s), gradient_energy(b), gradient_energy(t), seconds)
+                      sharpness_ratio(s, t), sharpness_ratio(b, t), seconds)
 
 
 def evaluate(
     upscaler: UpscalerLike, folder: str | Path, options: Any, limit: int | None = None,
-    max_side: int | None = None, on_image: Any = None,
+    max_side: int | None = None, on_image: Any = None, lr_folder: str | Path | None = None,
 ) -> EvalReport:
-    """Per-image and mean PSNR/SSIM/gradient energy of `upscaler` and of bicubic on `folder`.
+    """Per-image and mean PSNR/SSIM/sharpness of `upscaler` and of bicubic on `folder` (see `find_samples`).
 
     `options` is passed to `upscaler.upscale` unchanged (a pipeline.UpscaleOptions, scale 4).
+    `max_side` shrinks HR-only images before downscaling (ready-made pairs are used as they are).
     on_image(score) is called after each image, for progress output.
     """
     import time
 
-    files = list_images(folder)[: limit or None]
-    if not files:
-        raise ValueError(f"{folder}: no images to evaluate")
+    samples = find_samples(folder, lr_folder)[: limit or None]
+    if not samples:
+        raise EvalError(f"{folder}: no images to evaluate")
     report = EvalReport()
-    for path in files:
-        hr = load_hr(path, max_side)
+    for sample in samples:
+        if sample.lr is None:
+            hr = load_hr(sample.hr, max_side)
+            lr = downscale(hr)
+        else:
+            hr, lr = load_pair(sample)
         if min(hr.shape[-2:]) < 2 * SHAVE + 11:
             continue  # too small for the shaved SSIM window
-        lr = downscale(hr)
         start = time.perf_counter()
         sr = upscaler.upscale(lr, options).image.float().cpu()
-        score = score_image(path.name, hr, sr, bicubic_upscale(lr), time.perf_counter() - start)
+        score = score_image(sample.name, hr, sr, bicubic_upscale(lr), time.perf_counter() - start)
         report.images.append(score)
         if on_image:
             on_image(score)

@@ -18,8 +18,17 @@ from typing import Any
 
 import torch
 
-from infdit_cli.bench import BenchReport, machine_slug, memory_ratios, parse_block_batch, parse_resolution, run_bench
-from infdit_cli.cli_bench import format_bytes, format_seconds, how_measured
+from infdit_cli.bench import (
+    BenchReport,
+    format_bytes,
+    format_seconds,
+    how_measured,
+    machine_slug,
+    memory_ratios,
+    parse_block_batch,
+    parse_resolution,
+    run_bench,
+)
 from infdit_cli.cli_common import parse_dtype, pick_device
 
 HERE = Path(__file__).resolve().parent
@@ -40,18 +49,20 @@ def git_state() -> dict[str, Any]:
 def markdown_table(report: BenchReport) -> list[str]:
     cuda = report.machine.device.startswith("cuda")
     layers = report.model["num_layers"]
-    head = ["size", "path", "n", "dtype", "s / NFE", f"run ({report.settings['nfe']} NFE)",
-            "peak memory" if cuda else "peak (accounting)", "KV band", "TFLOP/s",
-            "% of matmul peak" if cuda else "RSS growth", "how"]
+    head = ["size", "path", "n", "dtype", "s / NFE", "est. s / NFE", f"run ({report.settings['nfe']} NFE)",
+            "peak memory" if cuda else "peak (accounting)", "planned peak", "host", "KV band", "TFLOP/s",
+            "% of matmul peak" if cuda else "RSS growth", "how", "placement"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report.rows:
         n = "-" if r.block_batch is None else f"{r.block_batch}{' (auto)' if r.block_batch_requested == 'auto' else ''}"
         last = (f"{r.pct_of_peak:.0f}" if r.pct_of_peak is not None else "-") if cuda \
-            else format_bytes(r.rss_peak_growth_bytes)
+            else format_bytes(r.rss_growth_bytes)
         cells = [f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_seconds(r.seconds_per_nfe),
-                 format_seconds(r.projected_run_seconds), format_bytes(r.peak_memory_bytes),
+                 format_seconds(r.estimated_seconds_per_nfe), format_seconds(r.projected_run_seconds),
+                 format_bytes(r.peak_memory_bytes), format_bytes(r.planned_peak_bytes),
+                 format_bytes(r.host_bytes) if r.host_bytes else "-",
                  "-" if r.path == "whole" else format_bytes(r.kv_bytes),
-                 "-" if r.tflops is None else f"{r.tflops:.3g}", last, how_measured(r, layers)]
+                 "-" if r.tflops is None else f"{r.tflops:.3g}", last, how_measured(r, layers), r.placement]
         lines.append("| " + " | ".join(cells) + " |")
     for s, w in memory_ratios(report.rows):
         lines.append("")
@@ -106,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=20.0, help="timing seconds per row")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-whole", action="store_true", help="skip the whole-image path")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
+    p.add_argument("--state", choices=("device", "host"), help="force where the sampler state lives")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--tag", default="", help="suffix of the result file names")
     a = p.parse_args(argv)
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             label = source or model
             print(f"== {label} {dtype}", file=sys.stderr, flush=True)
             reports.append(run_bench(model, sizes, batches, dtype, device, a.steps, a.sampler, not a.no_whole,
-                                     a.time_budget, source=source,
+                                     a.time_budget, source=source, compile=a.compile, state=a.state,
                                      progress=lambda msg: print(f"   {msg}", file=sys.stderr, flush=True)))
     now = dt.datetime.now(dt.timezone.utc)
     slug = machine_slug(reports[0].machine)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from infdit_cli.config import preset
-from infdit_cli.engine import StreamedRunner, WholeImageRunner, block_noise, plan_block_batch
-from infdit_cli.engine.memory import estimate_memory, parse_size
+from infdit_cli.engine import Plan, StreamedRunner, WholeImageRunner, block_noise, plan_placement
+from infdit_cli.engine.memory import parse_size
+from infdit_cli.engine.placement import SpeedModel, plan_bytes
 from infdit_cli.model import InfDiT
 from tests.conftest import rel_err
 from tests.models import small_block
@@ -102,17 +103,101 @@ def test_block_noise_independent_of_layout():
     assert not torch.equal(a[..., :128, 128:256], b)
 
 
+def test_host_band_and_host_state_give_the_same_result():
+    """The band in host memory (copied per layer) and pixels moved per group: bitwise the device result."""
+    cfg = preset("tiny")
+    model = InfDiT(cfg).init_random(3).eval()
+    net_in, lr, _, c_noise = _inputs(cfg, 5, 4)
+    device = StreamedRunner(model, lr, None, 2)(net_in, c_noise)
+    for band, state in (("host", "device"), ("device", "host"), ("host", "host")):
+        plan = Plan(2, band, state, 0, 0, 0, 0.0, True)
+        runner = StreamedRunner(model, lr, None, plan)
+        assert torch.equal(runner(net_in, c_noise), device), (band, state)
+        assert runner.stats.placement == plan.name
+        if band == "host" or state == "host":
+            assert runner.stats.host_bytes > 0
+
+
 def test_planner_picks_larger_batches_with_more_memory():
     cfg = preset("x4")
-    cpu = torch.device("cpu")
-    small = plan_block_batch(cfg, (32, 32), torch.bfloat16, cpu, max_memory=parse_size("12GB"))
-    big = plan_block_batch(cfg, (32, 32), torch.bfloat16, cpu, max_memory=parse_size("64GB"))
+    small = plan_placement(cfg, (32, 32), torch.bfloat16, "cuda", budget=parse_size("12GB"))
+    big = plan_placement(cfg, (32, 32), torch.bfloat16, "cuda", budget=parse_size("64GB"))
     assert 1 <= small.block_batch < big.block_batch
-    assert small.estimated_bytes <= small.budget_bytes
-    # Height changes only the image-sized pixel buffers (36 bytes per pixel); the network part is flat.
-    assert estimate_memory(cfg, (16, 16), 2, torch.bfloat16) - estimate_memory(
-        cfg, (8, 16), 2, torch.bfloat16) == 8 * 16 * 128 * 128 * 36
-    assert estimate_memory(cfg, (8, 32), 2, torch.bfloat16) - estimate_memory(
-        cfg, (8, 16), 2, torch.bfloat16) > 16 * 28 * 2 * 1024 * 1280 * 2  # KV band grows with width
+    assert small.fits and small.device_bytes <= small.budget_bytes
+    # Height changes only the image-sized state, which the plan keeps on the host: the device part is flat.
+    short = plan_bytes(cfg, (8, 16), 2, "device", "host", torch.bfloat16)
+    tall = plan_bytes(cfg, (16, 16), 2, "device", "host", torch.bfloat16)
+    assert short[0] == tall[0] and tall[1] > short[1]
+    wide = plan_bytes(cfg, (8, 32), 2, "device", "host", torch.bfloat16)
+    assert wide[0] - short[0] == 16 * 28 * 2 * 1024 * 1280 * 2  # KV band: 16 more columns of K and V
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_planner_is_not_fooled_by_a_non_monotonic_estimate():
+    """x4 bf16, 16384 wide × 512 high, 21 GB: n=2 and n=3 carry a 128-column band, n=4 none at all."""
+    cfg = preset("x4")
+    grid = (4, 128)
+    budget = parse_size("21GB")
+    peaks = {n: plan_bytes(cfg, grid, n, "device", "host", torch.bfloat16)[0] for n in (1, 2, 3, 4)}
+    assert peaks[3] > peaks[2] > peaks[4] and peaks[2] > budget > peaks[4]  # not monotonic in n
+    assert next(n for n in peaks if peaks[n] > budget) < 4  # a scan that stops at the first misfit misses n=4
+    plan = plan_placement(cfg, grid, torch.bfloat16, "cuda", budget)
+    assert plan.block_batch >= 4 and plan.fits and plan.band == "device"
+
+
+def test_planner_prefers_the_fastest_plan_that_fits():
+    cfg = preset("small")
+    grid = (6, 6)
+    cpu = SpeedModel(50e9, 0.0, cuda=False)  # large groups spill out of the caches
+    gpu = SpeedModel(300e12, 2e-4, cuda=True)  # small groups leave the GPU idle
+    fast_cpu = plan_placement(cfg, grid, torch.float32, "cpu", parse_size("64GB"), speed=cpu)
+    fast_gpu = plan_placement(cfg, grid, torch.float32, "cuda", parse_size("64GB"), speed=gpu)
+    assert fast_cpu.block_batch == 1 and fast_gpu.block_batch == 6
+    every = {n: cpu.call_seconds(cfg, grid, n) for n in range(1, 7)}
+    assert fast_cpu.seconds_per_call == min(every.values())
+    assert fast_gpu.state == "device"  # a small image's state is cheap to keep on the card
+    # A budget just below it: the state moves to the host; below that, a smaller n.
+    moved = plan_placement(cfg, grid, torch.float32, "cuda", fast_gpu.device_bytes - 1, speed=gpu)
+    assert (moved.block_batch, moved.state) == (6, "host") and moved.seconds_per_call > fast_gpu.seconds_per_call
+    tight = plan_placement(cfg, grid, torch.float32, "cuda", moved.device_bytes - 1, speed=gpu)
+    assert tight.fits and tight.block_batch < 6
+    # Nothing fits: the smallest plan, flagged.
+    none = plan_placement(cfg, grid, torch.float32, "cuda", 1, speed=gpu)
+    assert not none.fits and none.block_batch == 1 and none.band == "host" and none.state == "host"
+
+
+def test_planning_a_16384_square_image_takes_milliseconds():
+    import time
+
+    cfg = preset("x4")
+    plan_placement(cfg, (128, 128), torch.bfloat16, "cuda", parse_size("24GB"))  # imports, meta model
+    start = time.perf_counter()
+    plan = plan_placement(cfg, (128, 128), torch.bfloat16, "cuda", parse_size("24GB"), num_parameters=None)
+    assert time.perf_counter() - start < 0.05
+    assert plan.fits and plan.state == "host"  # 805 M pixels of sampler state cannot sit on the card
+
+
+def test_out_of_memory_retries_with_a_smaller_plan(monkeypatch):
+    """A CUDA OOM (simulated) reruns the call with a smaller plan; the result does not change."""
+    cfg = preset("tiny")
+    model = InfDiT(cfg).init_random(4).eval()
+    net_in, lr, _, c_noise = _inputs(cfg, 4, 4)
+    reference = StreamedRunner(model, lr, None, 1)(net_in, c_noise)
+    plan = plan_placement(cfg, (4, 4), torch.float32, "cpu", parse_size("64GB"), block_batch=4)
+    runner = StreamedRunner(model, lr, None, plan)
+    real = runner._stream
+    calls = []
+
+    def failing(*args):
+        calls.append(runner.block_batch)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(*args)
+
+    monkeypatch.setattr(runner, "_stream", failing)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    out = runner(net_in, c_noise)
+    assert calls[0] == 4 and calls[1] < 4
+    assert runner.stats.oom_retries == 1 and runner.stats.block_batch == calls[1]
+    assert rel_err(out, reference) <= 1e-5

@@ -12,38 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from infdit_cli import errors
-from infdit_cli.bench import BenchError, BenchReport, BenchRow, memory_ratios
+from infdit_cli.bench import BenchError, BenchReport, format_bytes, format_seconds, how_measured, memory_ratios
 from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, pick_device
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def format_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 3600:
-        return f"{s / 3600:.3g} h"
-    if s >= 120:
-        return f"{s / 60:.3g} min"
-    return f"{s:.3g} s"
-
-
-def how_measured(row: BenchRow, num_layers: int) -> str:
-    """'measured ×3', 'extrap. (4 groups)', 'extrap. (1 group × 2/28 layers)' or 'est. (memory)'."""
-    if row.estimated:
-        return f"est. ({row.estimate_reason})"
-    if not row.extrapolated:
-        return f"measured ×{row.repeats}"
-    unit = "group" if row.sample_groups == 1 else "groups"
-    layers = f" × {row.sample_layers}/{num_layers} layers" if row.sample_layers < num_layers else ""
-    return f"extrap. ({row.sample_groups} {unit}{layers})"
 
 
 def render(report: BenchReport, console: Console) -> None:
@@ -65,19 +35,21 @@ def render(report: BenchReport, console: Console) -> None:
                   f"{s['nfe']} NFE ({s['sampler']}, {s['steps']} steps); time budget {s['time_budget_s']:g} s per row",
                   highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    cols = ["size", "path", "n", "dtype", "s / NFE", f"run ({s['nfe']} NFE)",
-            "peak memory" if cuda else "peak (acct)", "KV band", "TFLOP/s", "% peak" if cuda else "RSS growth", "how"]
+    cols = ["size", "path", "n", "dtype", "s / NFE", "est. s / NFE", f"run ({s['nfe']} NFE)",
+            "peak memory" if cuda else "peak (acct)", "host", "KV band", "TFLOP/s", "% peak" if cuda else "RSS growth",
+            "how"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("size", "path", "dtype", "how") else "right", no_wrap=True)
     for r in report.rows:
         mem = format_bytes(r.peak_memory_bytes)
         kv = "-" if r.path == "whole" else format_bytes(r.kv_bytes)
         tail = (f"{r.pct_of_peak:.0f}%" if r.pct_of_peak is not None else "-") if cuda \
-            else format_bytes(r.rss_peak_growth_bytes)
+            else format_bytes(r.rss_growth_bytes)
         n = "-" if r.block_batch is None else (f"{r.block_batch} (auto)" if r.block_batch_requested == "auto"
                                                else str(r.block_batch))
         table.add_row(f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_seconds(r.seconds_per_nfe),
-                      format_seconds(r.projected_run_seconds), mem, kv,
+                      format_seconds(r.estimated_seconds_per_nfe), format_seconds(r.projected_run_seconds), mem,
+                      format_bytes(r.host_bytes) if r.host_bytes else "-", kv,
                       "-" if r.tflops is None else f"{r.tflops:.3g}", tail, how_measured(r, model["num_layers"]))
     console.print(table)
     for streamed, whole in memory_ratios(report.rows):
@@ -86,10 +58,16 @@ def render(report: BenchReport, console: Console) -> None:
                       f"n={streamed.block_batch} {format_bytes(streamed.peak_memory_bytes)} : whole "
                       f"{format_bytes(whole.peak_memory_bytes)} = 1 : "
                       f"{whole.peak_memory_bytes / streamed.peak_memory_bytes:.3g}{est}", highlight=False)
-    notes = ["KV band: the engine's measured peak on full calls, calculated from the grid (stream_kv_bytes) "
-             "on extrapolated ones", "est. rows were not run: memory from whole_image_memory_bytes, no time"]
+    notes = ["KV band: what the engine allocated on full calls, calculated from the grid (stream_kv_bytes) "
+             "on extrapolated ones; host: what the plan keeps off the device (sampler state, band)",
+             "est. s / NFE: the calibrated estimate the upscale pre-flight line would show",
+             "est. rows were not run: memory from whole_image_memory_bytes, no time"]
+    for r in report.rows:
+        if r.path == "streamed":
+            notes.append(f"plan {r.resolution[0]}x{r.resolution[1]} n={r.block_batch_requested}: {r.placement}")
     if not cuda:
-        notes.insert(0, "peak (acct) = engine accounting: weights + KV band + activations + the call's pixels; "
+        notes.insert(0, "peak (acct) = engine accounting of what the compute device holds: weights + KV band + "
+                        "activations + the pixels there (a group's when the state is on the host); "
                         "RSS growth = measured process peak (VmHWM) over the timed part only")
     for note in notes:
         console.print(note, highlight=False, style="dim", soft_wrap=True)
@@ -108,7 +86,7 @@ def _load(model: str | None, preset_name: str | None, device: Any, dtype: Any) -
 
 def _bench(resolution: list[str] | None, model: str | None, preset_name: str | None, block_batch: list[str] | None,
            dtype: str, device: str, steps: int, sampler: str, whole: bool, as_json: bool, time_budget: float,
-           threads: int | None) -> None:
+           threads: int | None, state: str | None = None, compile: bool = False) -> None:
     import torch
 
     from infdit_cli.bench import parse_block_batch, parse_resolution, run_bench
@@ -121,9 +99,17 @@ def _bench(resolution: list[str] | None, model: str | None, preset_name: str | N
     batches = [parse_block_batch(b) for b in (block_batch or ["auto"])]
     dev = pick_device(device)
     dt = parse_dtype(dtype, dev.type)
+    if state not in (None, "device", "host"):
+        raise BenchError(f"--state must be device or host (got {state!r})")
+    if compile:
+        from infdit_cli.model.network import compile_unavailable
+
+        reason = compile_unavailable(dev.type)
+        if reason:
+            raise BenchError(f"--compile is not available here: {reason}")
     net, source = _load(model, preset_name, dev, dt)
     report = run_bench(net, sizes, batches, dt, dev, steps=steps, sampler=sampler, include_whole=whole,
-                       time_budget_s=time_budget, source=source,
+                       time_budget_s=time_budget, source=source, state=state, compile=compile,
                        progress=lambda msg: info(msg, style="dim"))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -150,10 +136,15 @@ def bench_command(
     time_budget: Annotated[float, typer.Option(
         help="Timing seconds per row; slower calls are extrapolated from sampled block groups.")] = 60.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="Where the sampler's image-sized state lives: device or host (default: planned).")] = None,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the transformer layers (needs a C++ compiler on CPU, Triton on CUDA)."
+    )] = False,
 ) -> None:
     """Time one network call (NFE) and its memory, streamed vs whole image, on random input."""
     try:
         _bench(resolution, model, preset_name, block_batch, dtype, device, steps, sampler, whole, as_json,
-               time_budget, threads)
+               time_budget, threads, state, compile)
     except BenchError as exc:
         raise fail(errors.one_line(exc)) from None

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from infdit_cli.clip import ClipEncoder
-from infdit_cli.engine import EngineStats, MemoryPlan, StreamedRunner, block_noise, estimate_memory, plan_block_batch
+from infdit_cli.engine import EngineStats, Plan, StreamedRunner, block_noise, budget_bytes, plan_placement
+from infdit_cli.engine.measure import RssPeak, reset_device_peak
 from infdit_cli.errors import InfditError
 from infdit_cli.model import EDMDenoiser, InfDiT
 from infdit_cli.preprocess import bicubic_resize, pad_to_multiple, upsample_lr
@@ -47,8 +48,9 @@ class UpscaleOptions:
     rho: float = 7.0
     churn: float = 0.0
     seed: int = 0
-    block_batch: int | None = None  # None: planned from free memory
+    block_batch: int | None = None  # None ("auto"): the placement planner picks the fastest n that fits
     max_memory: int | None = None
+    state: str | None = None  # where the sampler's image-sized state lives: "device", "host"; None: planned
     prompt_pos: str | None = None
     prompt_neg: str | None = None
     prompt_scale: float = 2.0
@@ -63,6 +65,8 @@ class UpscaleOptions:
             raise UpscaleError("need 0 < sigma-min < sigma-max")
         if self.block_batch is not None and self.block_batch < 1:
             raise UpscaleError("block batch must be at least 1")
+        if self.state not in (None, "device", "host"):
+            raise UpscaleError(f"state placement must be device or host (got {self.state!r})")
 
 
 @dataclass
@@ -70,7 +74,7 @@ class PassPlan:
     factor: int
     lr_size: tuple[int, int]  # (h, w) of this pass's input
     grid: tuple[int, int]  # block rows, cols of the padded output
-    memory: MemoryPlan
+    memory: Plan  # the placement: n, where the KV band and the sampler state live, planned bytes
     nfe: int
 
     @property
@@ -84,6 +88,7 @@ class UpscaleResult:
     passes: list[PassPlan]
     stats: list[EngineStats] = field(default_factory=list)
     seconds: float = 0.0
+    rss_growth_bytes: int | None = None  # measured growth of the process's peak resident memory
 
 
 @dataclass
@@ -149,13 +154,9 @@ class Upscaler:
         bs = self.config.block_size
         for factor in PASSES[options.scale]:
             grid = (math.ceil(h * factor / bs), math.ceil(w * factor / bs))
-            if options.block_batch is not None:
-                n = options.block_batch
-                est = estimate_memory(self.config, grid, n, self.dtype, self.device.type, self.model.num_parameters())
-                memory = MemoryPlan(n, est, options.max_memory or est, True)
-            else:
-                memory = plan_block_batch(self.config, grid, self.dtype, self.device, options.max_memory,
-                                          self.model.num_parameters())
+            memory = plan_placement(self.config, grid, self.dtype, self.device.type,
+                                    budget_bytes(self.device, options.max_memory), self.model.num_parameters(),
+                                    block_batch=options.block_batch, state=options.state)
             plans.append(PassPlan(factor, (h, w), grid, memory, sampler.nfe(options.steps)))
             h, w = h * factor, w * factor
         return plans
@@ -190,17 +191,23 @@ class Upscaler:
         if plans is None:
             plans = self.plan(tuple(image.shape[-2:]), options)
         start = time.perf_counter()
+        reset_device_peak(self.device)  # each image reports its own peak
         x = image.float()
         stats = []
-        for index, plan in enumerate(plans):
-            x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks, sample=sample)
-            stats.append(st)
-        return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start)
+        with RssPeak() as rss:
+            for index, plan in enumerate(plans):
+                x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks, sample=sample)
+                stats.append(st)
+        return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start, rss.growth)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def pass_inputs(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, index: int) -> PassInputs:
-        """What one pass's sampling starts from, before any network call (shared with split-image runs)."""
-        f, cfg, dev = plan.factor, self.config, self.device
+        """What one pass's sampling starts from, before any network call (shared with split-image runs).
+
+        The image-sized tensors live where the plan keeps the sampler state (host: flat device memory).
+        """
+        f, cfg = plan.factor, self.config
+        dev = self.state_device(plan)
         lr = image01.to(dev) * 2 - 1
         lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f)
         lr_up = upsample_lr(lr_pad, f)
@@ -210,20 +217,23 @@ class Upscaler:
             ratio = cfg.sr_scale // f
             model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] // ratio, lr_pad.shape[-1] // ratio))
             clip_lr = bicubic_resize(lr, (max(1, h // ratio), max(1, w // ratio)))
-        vector = self.condition_vector(clip_lr, options)
+        vector = self.condition_vector(clip_lr.to(self.device), options)
         sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho).to(dev)
         return PassInputs(lr_up, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
                           options.seed + 1_000_003 * index, (h * f, w * f), index)
 
-    @torch.no_grad()
+    def state_device(self, plan: PassPlan) -> torch.device:
+        """Where this pass's image-sized sampler state lives."""
+        return self.device if plan.memory.state == "device" else torch.device("cpu")
+
+    @torch.inference_mode()
     def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, seed_offset: int,
                   on_blocks: Callable[[int], None] | None, sample: SampleHook | None = None,
                   ) -> tuple[Tensor, EngineStats]:
-        cfg, dev = self.config, self.device
+        cfg, dev = self.config, self.state_device(plan)
         inputs = self.pass_inputs(image01, plan, options, seed_offset)
         lr_up, sigmas, seed = inputs.lr_up, inputs.sigmas, inputs.seed
-        runner = StreamedRunner(self.model, inputs.model_lr, inputs.vector, plan.memory.block_batch,
-                                on_group=on_blocks)
+        runner = StreamedRunner(self.model, inputs.model_lr, inputs.vector, plan.memory, on_group=on_blocks)
         denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
         sampler = get_sampler(options.sampler, self._sampler_options(options))
         shape = tuple(lr_up.shape)

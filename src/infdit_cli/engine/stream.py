@@ -1,85 +1,149 @@
-"""The streamed UniBA neighbourhood: a KV band one block-row high, freed as soon as it is read.
+"""The streamed UniBA neighbourhood: a preallocated KV band one block-row high, updated in place.
 
-Groups of n×n blocks run in raster order. For layer l the cache holds:
-- `top[l][c]`: K/V of block (r0−1, c), the last block-row of the previous group-row;
+Groups of n×n blocks run in raster order. For layer l the band holds:
+- `top[l]`: K/V of block (r0−1, c) for every column c, the last block-row of the previous group-row;
 - `left[l]`: K/V of the previous group's last block-column (rows of the current group-row);
 - `corner[l]`: K/V of block (r0−1, c0−1), stashed before the previous group overwrote it.
-The padded grid is block (max(r0−1+a, 0), max(c0−1+b, 0)) for a, b in 0..n, exactly the
-replicate padding of the whole-image path, so both paths compute the same function.
+Block (max(r0−1+a, 0), max(c0−1+b, 0)) is what the group reads, exactly the replicate padding of
+the whole-image path, so both paths compute the same function (`gather_neighbours`).
+
+The band is allocated once per call at its final size (`band_blocks`, closed form) and written in
+place; it can live on the compute device or in (pinned) host memory, in which case each layer
+reads only the group's own edge entries and writes its last row/column back, in stream order.
+A strip of columns whose left neighbour lives elsewhere (another process) would supply `left`
+and `corner` from outside; nothing here assumes column 0 is the image's first column except the
+replicate rule at c0 == 0.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-KV = tuple[Tensor, Tensor]  # K, V of one block: [B, T, H, D] each
+from infdit_cli.model.uniba import gather_neighbours
+
+
+def band_blocks(grid: tuple[int, int], n: int) -> int:
+    """Blocks (per layer, K and V each) the band holds for an X×Y grid with block batch n: closed form.
+
+    The top row exists once there is a second group-row, the left column once there is a second
+    group-column, the corner when both do.
+    """
+    rows, cols = grid
+    group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
+    top = cols if group_rows > 1 else 0
+    left = min(n, rows) if group_cols > 1 else 0
+    corner = 1 if group_rows > 1 and group_cols > 1 else 0
+    return top + left + corner
 
 
 class StreamNeighbourhood:
-    """Neighbourhood for one denoiser call streamed over an X×Y block grid."""
+    """Neighbourhood for one denoiser call streamed over an X×Y block grid with block batch n."""
 
-    def __init__(self, num_layers: int, grid_cols: int) -> None:
-        self.num_layers = num_layers
-        self.top: list[list[KV | None]] = [[None] * grid_cols for _ in range(num_layers)]
-        self.left: list[KV | None] = [None] * num_layers
-        self.corner: list[KV | None] = [None] * num_layers
+    def __init__(self, num_layers: int, grid: tuple[int, int], n: int, block_shape: tuple[int, int, int],
+                 dtype: torch.dtype, device: torch.device | str, store: torch.device | str | None = None,
+                 batch: int = 1, zero: bool = True) -> None:
+        """block_shape: (T, H, D) of one block's K; store: where the band lives (default: `device`).
+
+        zero=False leaves the band uninitialised (untouched pages cost no memory on a CPU): for
+        timing single groups, with `clear_edges` zeroing just what that group reads.
+        """
+        rows, cols = grid
+        self.device = torch.device(device)
+        self.store = torch.device(store) if store is not None else self.device
+        self.on_device = store is None  # a host band on a CPU is the same memory, but planned (and counted) apart
+        self.grid, self.n = grid, n
+        group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
+        pin = self.store.type == "cpu" and self.device.type == "cuda"
+
+        def alloc(*shape: int) -> Tensor | None:
+            if 0 in shape:
+                return None
+            full = (num_layers, 2, batch, *shape, *block_shape)
+            make = torch.zeros if zero else torch.empty
+            return make(full, dtype=dtype, device=self.store, pin_memory=pin)
+
+        self.top = alloc(cols if group_rows > 1 else 0)
+        self.left = alloc(min(n, rows) if group_cols > 1 else 0)
+        self.corner = alloc() if group_rows > 1 and group_cols > 1 else None
+        self.band_bytes = sum(t.numel() * t.element_size() for t in (self.top, self.left, self.corner)
+                              if t is not None)
+        self._buffers: dict[str, Tensor] = {}
         self.rows = range(0)
         self.cols = range(0)
         self.last_row = self.last_col = False
-        self.cached_bytes = 0
-        self.peak_cached_bytes = 0
 
     def begin_group(self, rows: range, cols: range, last_row: bool, last_col: bool) -> None:
-        """Declare the group the next `pad` calls (one per layer) belong to."""
+        """Declare the group the next `gather` calls (one per layer) belong to."""
         self.rows, self.cols, self.last_row, self.last_col = rows, cols, last_row, last_col
 
-    def pad(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def clear_edges(self) -> None:
+        """Zero the band entries the declared group reads, as if earlier groups had left zeros there."""
+        c0, c1, nr = self.cols.start, self.cols.stop, len(self.rows)
+        if self.top is not None:
+            self.top[:, :, :, max(c0 - 1, 0):c1].zero_()
+        if self.left is not None:
+            self.left[:, :, :, :nr].zero_()
+        if self.corner is not None:
+            self.corner.zero_()
+
+    def _buffer(self, name: str, like: Tensor) -> Tensor:
+        """A flat gather buffer reused by every layer and group (sized for the largest group)."""
+        need = like.numel() * 4
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < need or buf.dtype != like.dtype:
+            n = self.n
+            per_block = like[0, 0, 0].numel() if like.shape[1] and like.shape[2] else 0
+            size = max(need, like.shape[0] * min(n, self.grid[0]) * min(n, self.grid[1]) * per_block * 4)
+            buf = torch.empty(size, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf
+
+    def gather(self, layer: int, k: Tensor, v: Tensor, key_pos: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Keys/values [B, X, Y, 4T, H, D] of the group, then keep what later groups read."""
         r0, c0, c1 = self.rows.start, self.cols.start, self.cols.stop
-        top_stored = self.top[layer]
-        pads = []
+        edges = []
         for which, own in ((0, k), (1, v)):
-            if r0 == 0:
-                top_row = own[:, 0]  # [B, nc, T, H, D]
-            else:
-                top_row = torch.stack([top_stored[c][which] for c in range(c0, c1)], dim=1)  # type: ignore[index]
+            top = own[:, 0] if r0 == 0 else self._read(self.top, layer, which, slice(c0, c1))
             if c0 == 0:
-                left_col = own[:, :, 0]  # [B, nr, T, H, D]
-                corner = top_row[:, 0]
+                left, corner = own[:, :, 0], top[:, 0]
             else:
-                left_col = self.left[layer][which]  # type: ignore[index]
-                corner = left_col[:, 0] if r0 == 0 else self.corner[layer][which]  # type: ignore[index]
-            head = torch.cat([corner[:, None], top_row], dim=1)[:, None]  # [B, 1, nc+1, ...]
-            body = torch.cat([left_col[:, :, None], own], dim=2)  # [B, nr, nc+1, ...]
-            pads.append(torch.cat([head, body], dim=1))
-        self._advance(layer, k, v)
-        return pads[0], pads[1]
+                left = self._read(self.left, layer, which, slice(0, own.shape[1]))
+                corner = left[:, 0] if r0 == 0 else self._read(self.corner, layer, which, None)
+            edges.append((top, left, corner))
+        keys = gather_neighbours(k, *edges[0], key_pos, self._buffer("k", k))
+        values = gather_neighbours(v, *edges[1], None, self._buffer("v", v))
+        self._advance(layer, k, v, edges[0][0], edges[1][0])
+        return keys, values
 
-    def _advance(self, layer: int, k: Tensor, v: Tensor) -> None:
-        """Keep what later groups read; drop everything else now."""
+    def _read(self, store: Tensor | None, layer: int, which: int, cols: slice | None) -> Tensor:
+        assert store is not None, "the band was sized for another grid"
+        part = store[layer, which] if cols is None else store[layer, which][:, cols]
+        return part.to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _write(dst: Tensor, src: Tensor) -> None:
+        if dst.data_ptr() != src.data_ptr():
+            dst.copy_(src, non_blocking=True)
+
+    def _advance(self, layer: int, k: Tensor, v: Tensor, top_k: Tensor, top_v: Tensor) -> None:
+        """Write the entries later groups read into the band, in place."""
         c0, c1 = self.cols.start, self.cols.stop
-        top = self.top[layer]
-        # The next group in this row needs block (r0−1, c1−1) as its corner: stash it before overwriting.
-        self._set_corner(layer, None if self.last_col else top[c1 - 1])
-        for idx, c in enumerate(range(c0, c1)):
-            entry = None if self.last_row else (k[:, -1, idx].clone(), v[:, -1, idx].clone())
-            self._replace(top, c, entry)
-        self._set_left(layer, None if self.last_col else (k[:, :, -1].clone(), v[:, :, -1].clone()))
+        if not self.last_col and self.rows.start > 0 and self.corner is not None:
+            # The next group in this row needs block (r0−1, c1−1) as its corner: stash it before overwriting.
+            self._write(self.corner[layer, 0], top_k[:, -1])
+            self._write(self.corner[layer, 1], top_v[:, -1])
+        if not self.last_row and self.top is not None:
+            self.top[layer, 0][:, c0:c1].copy_(k[:, -1], non_blocking=True)
+            self.top[layer, 1][:, c0:c1].copy_(v[:, -1], non_blocking=True)
+        if not self.last_col and self.left is not None:
+            nr = k.shape[1]
+            self.left[layer, 0][:, :nr].copy_(k[:, :, -1], non_blocking=True)
+            self.left[layer, 1][:, :nr].copy_(v[:, :, -1], non_blocking=True)
 
-    def _bytes(self, entry: KV | None) -> int:
-        return 0 if entry is None else sum(t.numel() * t.element_size() for t in entry)
-
-    def _account(self, old: KV | None, new: KV | None) -> None:
-        self.cached_bytes += self._bytes(new) - self._bytes(old)
-        self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
-
-    def _replace(self, store: list[KV | None], index: int, entry: KV | None) -> None:
-        self._account(store[index], entry)
-        store[index] = entry
-
-    def _set_corner(self, layer: int, entry: KV | None) -> None:
-        # The stashed corner aliases a top entry that is being replaced, so it is counted on its own.
-        self._replace(self.corner, layer, entry)
-
-    def _set_left(self, layer: int, entry: KV | None) -> None:
-        self._replace(self.left, layer, entry)
+    def device_bytes(self) -> int:
+        """Bytes this neighbourhood holds on the compute device: the band (if there) and the gather buffers."""
+        held = sum(b.numel() * b.element_size() for b in self._buffers.values())
+        return held + (self.band_bytes if self.on_device else 0)

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from infdit_cli.config import ModelConfig
-from infdit_cli.model.rope import apply_rope
-from infdit_cli.model.uniba import Neighbourhood, four_views
+from infdit_cli.model.rope import AxisTables, apply_rope
+from infdit_cli.model.uniba import Neighbourhood
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -92,31 +92,39 @@ class UniBALayer(nn.Module):
         return self.adaln(cond)
 
     def forward(
-        self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, layer: int,
+        self, x: Tensor, mod: Tensor, rope: tuple[AxisTables, AxisTables], layer: int,
         neighbourhood: Neighbourhood, cross: CrossLRAttention | None = None, lr_windows: Tensor | None = None,
     ) -> Tensor:
         """x: [B, X, Y, T, C] for a grid of blocks; returns the same shape.
 
-        Intermediates are dropped as soon as they are used: the four-view keys/values are the
-        largest tensors of a group, and they must not outlive the attention.
+        Three steps: the per-block projections (`project`), the neighbourhood's gather of every
+        block's four key/value segments (written once, in place), and attention + MLP (`finish`).
+        The first and last are pure tensor functions, which is what `--compile` compiles.
+        Intermediates are dropped as soon as they are used.
         """
-        b, nx, ny, t, c = x.shape
-        n, heads = b * nx * ny, (self.num_heads, self.head_dim)
-        shift_msa, scale_msa, shift_mlp, scale_mlp = mod.chunk(4, dim=-1)
+        q, k, v = self.project(x, mod, rope)
+        pos = None if self.block_pos is None else self.block_pos.to(k.dtype)  # keys only, one per segment
+        keys, values = neighbourhood.gather(layer, k, v, pos)
+        del k, v
+        return self.finish(x, mod, q, keys, values, cross, lr_windows)
+
+    def project(self, x: Tensor, mod: Tensor, rope: tuple[AxisTables, AxisTables]) -> tuple[Tensor, Tensor, Tensor]:
+        """adaLN-modulated pre-norm, QKV, QK-LN and RoPE: q, k, v [B, X, Y, T, H, D]."""
+        heads = (self.num_heads, self.head_dim)
+        shift_msa, scale_msa = mod.chunk(4, dim=-1)[:2]
         a = modulate(layer_norm(x, self.eps), shift_msa, scale_msa)
         q, k, v = self.qkv(a).unflatten(-1, (3, *heads)).unbind(-3)
         del a
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_pad, v_pad = neighbourhood.pad(layer, k, v)
-        del k, v
-        keys = four_views(k_pad)
-        del k_pad
-        if self.block_pos is not None:  # keys only, one learned offset per segment
-            keys.add_(self.block_pos.to(keys.dtype).repeat_interleave(t, dim=0))
-        values = four_views(v_pad)
-        del v_pad
+        return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+    def finish(self, x: Tensor, mod: Tensor, q: Tensor, keys: Tensor, values: Tensor,
+               cross: CrossLRAttention | None = None, lr_windows: Tensor | None = None) -> Tensor:
+        """Attention over the gathered keys/values, output projection, optional cross-LR, MLP."""
+        b, nx, ny, t, c = x.shape
+        n, heads = b * nx * ny, (self.num_heads, self.head_dim)
+        shift_mlp, scale_mlp = mod.chunk(4, dim=-1)[2:]
         o = attention(q.reshape(n, t, *heads), keys.reshape(n, 4 * t, *heads), values.reshape(n, 4 * t, *heads))
         del q, keys, values
         x = x + self.proj(o.reshape(b, nx, ny, t, c))
@@ -159,7 +167,8 @@ class CrossLRAttention(nn.Module):
         r0, r1 = (block_rows.start - 1) * lb, (block_rows.stop + 1) * lb
         c0, c1 = (block_cols.start - 1) * lb, (block_cols.stop + 1) * lb
         crop = lr[:, :, max(r0, 0): min(r1, h_lr), max(c0, 0): min(c1, w_lr)]
-        feats = self._project(crop.to(self.proj_lr.weight.dtype))
+        weight = self.proj_lr.weight  # the LR may live on the host (flat device memory): move the crop only
+        feats = self._project(crop.to(device=weight.device, dtype=weight.dtype, non_blocking=True))
         p = self.proj_lr.stride[0]
         pad = ((max(c0, 0) - c0) // p, (c1 - min(c1, w_lr)) // p, (max(r0, 0) - r0) // p, (r1 - min(r1, h_lr)) // p)
         feats = F.pad(feats, pad)  # zero padding after the convolution, as nn.Unfold does

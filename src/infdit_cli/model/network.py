@@ -22,8 +22,20 @@ from infdit_cli.model.layers import (
     VectorEmbedder,
     fan_in_normal_,
 )
-from infdit_cli.model.rope import block_rope
+from infdit_cli.model.rope import RopeCache
 from infdit_cli.model.uniba import Neighbourhood, WholeImage
+
+
+def compile_unavailable(device_type: str) -> str | None:
+    """Why `torch.compile` cannot run here (None: it can): inductor needs a C++ compiler on CPUs, Triton on CUDA."""
+    import importlib.util
+    import shutil
+
+    if device_type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    if device_type == "cpu":
+        return None if any(shutil.which(c) for c in ("g++", "c++", "clang++")) else "no C++ compiler (g++) found"
+    return f"not supported on {device_type}"
 
 
 @dataclass
@@ -47,6 +59,8 @@ class InfDiT(nn.Module):
         self.blocks = nn.ModuleList(UniBALayer(config) for _ in range(config.num_layers))
         self.cross_lr = CrossLRAttention(config) if config.cross_lr else None
         self.final = FinalLayer(config)
+        self.rope = RopeCache(config.block_tokens, config.head_dim, config.rope_theta, config.rope_table)
+        self.compiled = False  # compile_layers() sets it
 
     # -- conditioning -------------------------------------------------------------------------
     def condition(self, c_noise: Tensor, vector: Tensor | None = None) -> Conditioning:
@@ -87,10 +101,8 @@ class InfDiT(nn.Module):
         lr: the whole LR image (only the group's windows are read). block_rows/cols: the group's
         global block indices, which fix its RoPE positions and LR windows.
         """
-        cfg = self.config
-        x = self.embed(net_in)
-        cos, sin = block_rope(block_rows, block_cols, cfg.block_tokens, cfg.head_dim, cfg.rope_theta,
-                              cfg.rope_table, token_offset, device=x.device)
+        x = self.embed(net_in.to(self.patch_embed.weight.device, non_blocking=True))
+        rope = self.rope.group(block_rows, block_cols, token_offset, x.device, x.dtype)
         windows = None
         if self.cross_lr is not None:
             if lr is None:
@@ -98,7 +110,7 @@ class InfDiT(nn.Module):
             windows = self.cross_lr.windows(lr, block_rows, block_cols)
         for i, blk in enumerate(self.blocks):
             cross = self.cross_lr if i == 0 else None
-            x = blk(x, cond.layers[i], cos, sin, i, neighbourhood, cross, windows if i == 0 else None)
+            x = blk(x, cond.layers[i], rope, i, neighbourhood, cross, windows if i == 0 else None)
         return self.unembed(self.final(x, cond.final))
 
     def forward(

@@ -3,6 +3,11 @@
 The first half of each head's channels rotates with the token row, the second half with the
 token column. Positions are absolute HR token coordinates modulo the table size (1024), so they
 wrap every 4096 px exactly as the official code does.
+
+Because the two halves are separable, a group's tables are one per axis ([X·t, D/2] for its rows,
+[Y·t, D/2] for its columns) instead of one per token: `RopeCache` builds them once per block range,
+offset, device and dtype and broadcasts them over the group, so nothing is rebuilt or cast per
+group or per layer.
 """
 
 from __future__ import annotations
@@ -11,32 +16,48 @@ import torch
 from torch import Tensor
 
 
+def axis_angles(positions: Tensor, half: int, theta: float, table: int) -> Tensor:
+    """Angles [..., half] for integer token positions along one axis (one half of a head's channels)."""
+    inv = 1.0 / (theta ** (torch.arange(0, half, 2, device=positions.device)[: half // 2].float() / half))
+    inv = inv.repeat_interleave(2)  # f0, f0, f1, f1, ...: adjacent pairs rotate together
+    return (positions % table).float()[..., None] * inv
+
+
 def rope_angles(rows: Tensor, cols: Tensor, head_dim: int, theta: float, table: int) -> Tensor:
     """Angles [..., head_dim] for integer token positions (any shape, broadcast together)."""
     half = head_dim // 2
-    inv = 1.0 / (theta ** (torch.arange(0, half, 2, device=rows.device)[: half // 2].float() / half))
-    inv = inv.repeat_interleave(2)  # f0, f0, f1, f1, ...: adjacent pairs rotate together
-    r = (rows % table).float()[..., None] * inv
-    c = (cols % table).float()[..., None] * inv
-    return torch.cat([r, c], dim=-1)
+    r, c = axis_angles(rows, half, theta, table), axis_angles(cols, half, theta, table)
+    return torch.cat(torch.broadcast_tensors(r, c), dim=-1)
 
 
-def block_rope(
-    block_rows: range, block_cols: range, block_tokens: int, head_dim: int, theta: float, table: int,
-    token_offset: tuple[int, int] = (0, 0), device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """cos/sin of shape [X, Y, T, head_dim] for a grid of blocks, tokens row-major inside a block."""
-    t = block_tokens
-    inner = torch.arange(t, device=device)
-    br = torch.arange(block_rows.start, block_rows.stop, device=device)  # no host-to-device copy per group
-    bc = torch.arange(block_cols.start, block_cols.stop, device=device)
-    rows = (br[:, None] * t + inner[None, :]) + token_offset[0]  # [X, t]
-    cols = (bc[:, None] * t + inner[None, :]) + token_offset[1]  # [Y, t]
-    rows = rows[:, None, :, None].expand(len(br), len(bc), t, t)
-    cols = cols[None, :, None, :].expand(len(br), len(bc), t, t)
-    angles = rope_angles(rows.reshape(len(br), len(bc), t * t), cols.reshape(len(br), len(bc), t * t),
-                         head_dim, theta, table)
-    return angles.cos(), angles.sin()
+AxisTables = tuple[Tensor, Tensor]  # cos, sin: [blocks·t, D/2]
+
+
+class RopeCache:
+    """Per-axis cos/sin tables, keyed by (block range, token offset, device, dtype); bounded."""
+
+    def __init__(self, block_tokens: int, head_dim: int, theta: float, table: int, max_entries: int = 4096) -> None:
+        self.t, self.half, self.theta, self.table = block_tokens, head_dim // 2, theta, table
+        self.max_entries = max_entries
+        self._tables: dict[tuple[object, ...], AxisTables] = {}
+
+    def axis(self, blocks: range, offset: int, device: torch.device, dtype: torch.dtype) -> AxisTables:
+        key = (blocks.start, blocks.stop, offset, str(device), dtype, torch.is_inference_mode_enabled())
+        hit = self._tables.get(key)
+        if hit is None:
+            if len(self._tables) >= self.max_entries:
+                self._tables.clear()
+            pos = torch.arange(blocks.start * self.t, blocks.stop * self.t, device=device) + offset
+            angles = axis_angles(pos, self.half, self.theta, self.table)
+            hit = (angles.cos().to(dtype), angles.sin().to(dtype))
+            self._tables[key] = hit
+        return hit
+
+    def group(self, block_rows: range, block_cols: range, token_offset: tuple[int, int], device: torch.device,
+              dtype: torch.dtype) -> tuple[AxisTables, AxisTables]:
+        """Row and column tables of a block group."""
+        return (self.axis(block_rows, token_offset[0], device, dtype),
+                self.axis(block_cols, token_offset[1], device, dtype))
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -45,8 +66,20 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [B, X, Y, T, H, D]; cos/sin: [X, Y, T, D] (shared by all heads)."""
-    cos = cos[None, :, :, :, None, :].to(x.dtype)
-    sin = sin[None, :, :, :, None, :].to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: Tensor, rows: AxisTables, cols: AxisTables) -> Tensor:
+    """x: [B, X, Y, T, H, D] (tokens row-major in a block); rows/cols: tables from `RopeCache.group`."""
+    b, nx, ny, tt, h, d = x.shape
+    t, half = rows[0].shape[0] // nx, d // 2
+    grid = x.view(b, nx, ny, t, t, h, d)
+    halves = ((rows, slice(0, half), (1, nx, 1, t, 1, 1, half)), (cols, slice(half, d), (1, 1, ny, 1, t, 1, half)))
+    if torch.is_grad_enabled() and x.requires_grad:  # training: no in-place writes into one output
+        parts = [grid[..., sl] * cos.view(shape) + rotate_half(grid[..., sl]) * sin.view(shape)
+                 for (cos, sin), sl, shape in halves]
+        return torch.cat(parts, dim=-1).view(b, nx, ny, tt, h, d)
+    out = torch.empty_like(grid)
+    for (cos, sin), sl, shape in halves:
+        part = grid[..., sl]
+        # x·cos + rot(x)·sin, written into its half of the output (same arithmetic as one full table)
+        torch.mul(part, cos.view(shape), out=out[..., sl])
+        out[..., sl] += rotate_half(part) * sin.view(shape)
+    return out.view(b, nx, ny, tt, h, d)

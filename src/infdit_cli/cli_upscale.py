@@ -45,24 +45,6 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _throughput(device: Any) -> float:
-    """A quick matmul to turn FLOPs into a rough time estimate for the pre-flight line.
-
-    The network reaches about 40% of the matmul rate on an H200 (eager) and about 80% on CPUs,
-    where attention runs near the matmul rate; the caller applies that factor.
-    """
-    import torch
-
-    a = torch.randn(512, 512, device=device)
-    torch.mm(a, a)
-    start = time.perf_counter()
-    for _ in range(4):
-        torch.mm(a, a)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 4 * 2 * 512**3 / max(time.perf_counter() - start, 1e-9)
-
-
 @cli_errors
 def upscale_command(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
@@ -99,13 +81,17 @@ def upscale_command(
         help="Sampler arithmetic: fp32, or bf16 as the official code.")] = SamplerDtype.fp32,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
-    block_batch: Annotated[int | None, typer.Option(
-        help="Blocks per group side n.", show_default="planned from memory")] = None,
+    block_batch: Annotated[str | None, typer.Option(
+        help="Blocks per group side n, or auto (the fastest plan that fits the memory).", show_default="auto")] = None,
     max_memory: Annotated[str | None, typer.Option(
         help="Memory budget, e.g. 6GB.", show_default="free device memory")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Engine figures per image.")] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the transformer layers: faster calls after a one-off compile, the same "
+        "image within bf16 tolerance. Needs a C++ compiler on CPU, Triton on CUDA (refused, with the reason, "
+        "where missing).")] = False,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Folder for sampling progress, saved after every step; rerun the same command to continue.",
         show_default="none")] = None,
@@ -126,7 +112,8 @@ def upscale_command(
     if overwrite and skip_existing:
         raise fail("--overwrite and --skip-existing exclude each other")
     given = _sampling_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
-                              rho=rho, churn=churn, seed=seed, block_batch=block_batch, max_memory=max_memory,
+                              rho=rho, churn=churn, seed=seed, block_batch=_block_batch(block_batch),
+                              max_memory=max_memory,
                               prompt_pos=prompt_pos, prompt_neg=prompt_neg, prompt_scale=prompt_scale,
                               sampler_dtype=sampler_dtype)
     from infdit_cli.distributed import join
@@ -168,7 +155,8 @@ def upscale_command(
     run_info: dict[str, Any] | None = None
     if jobs:
         settings = RunSettings(scale=scale, fmt=fmt, model=model, clip=clip, device=device, dtype=dtype,
-                               quiet=quiet, verbose=verbose, checkpoint=checkpoint, split_image=split_image)
+                               quiet=quiet, verbose=verbose, checkpoint=checkpoint, split_image=split_image,
+                               compile=compile)
         run_info = _run_jobs(jobs, batch, given, settings, session)
     _finish(batch, run_info, total_inputs, run_start, as_json, quiet, session)
 
@@ -187,6 +175,17 @@ class RunSettings:
     verbose: bool
     checkpoint: Path | None = None  # resumable sampling state, per output file
     split_image: bool = False  # under torchrun: every rank works on every image
+    compile: bool = False  # torch.compile the transformer layers
+
+
+def _block_batch(text: str | None) -> int | None:
+    """--block-batch: N, or auto (None: the placement planner picks the fastest plan that fits)."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise fail(f"invalid --block-batch {text!r} (use a positive integer or auto)") from None
 
 
 @dataclass
@@ -257,7 +256,16 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
     if not quiet:
         info(f"model {model_source} on {dev.type} ({run_info['dtype']}), "
              f"sampler {options.sampler}, {options.steps} steps, seed {seed}")
-    flops_per_s = _throughput(dev) * (0.4 if dev.type == "cuda" else 0.8) if not quiet else 0.0
+    if a.compile:
+        from infdit_cli.model.network import compile_unavailable
+
+        reason = compile_unavailable(dev.type)
+        if reason:
+            raise fail(f"--compile is not available here: {reason}")
+        upscaler.model.compile_layers()
+    from infdit_cli.engine.estimate import TimeEstimator
+
+    estimator = TimeEstimator(upscaler.model)  # calibrated by a short warm-up on first use
 
     with ImageProgress(err, quiet=quiet, every=PLAIN_PROGRESS_EVERY, batch_total=len(jobs)) as progress:
         for job in jobs:
@@ -272,8 +280,9 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                     for loss in format_losses(out_fmt, image):
                         info(f"warning: {job.target.name}: {loss}", "yellow")
                 plans = upscaler.plan((h, w), options)
+                estimate = sum(estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
                 if not quiet:
-                    _preflight(job, image.size, scale, plans, upscaler, flops_per_s)
+                    _preflight(job, image.size, scale, plans, estimate)
                 progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
                 tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
                 resumable = session.checkpoint(a.checkpoint, job.target, model_hash, split)
@@ -295,12 +304,11 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
             if not writes:
                 continue
             end = time.perf_counter()
-            peak = max([s.peak_device_bytes for s in result.stats] + [p.memory.estimated_bytes for p in plans])
             record = {"input": str(job.source), "output": str(job.target), "input_size": [w, h],
                       "output_size": [w * scale, h * scale], "seconds": round(end - start, 3),
                       "timings": {"decode_s": round(decoded - start, 3), "upscale_s": round(upscaled - decoded, 3),
                                   "encode_s": round(end - upscaled, 3)},
-                      "peak_memory_bytes": peak, "block_batch": [p.memory.block_batch for p in plans],
+                      "estimated_upscale_s": round(estimate, 3), **_memory_fields(result, plans),
                       "network_calls": sum(s.calls for s in result.stats), **run_info}
             batch.results.append(record)
             if not quiet:
@@ -308,7 +316,8 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
             if a.verbose:
                 for s in result.stats:
                     info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
-                         f"KV band peak {_fmt_bytes(s.peak_kv_bytes)}, n={s.block_batch}")
+                         f"KV band {_fmt_bytes(s.peak_kv_bytes)}, {s.placement}, device peak "
+                         f"{_fmt_bytes(s.peak_device_bytes)} ({s.peak_device_source})")
     run_info["load_s"] = round(load_seconds, 3)
     return run_info
 
@@ -345,13 +354,28 @@ def _finish(batch: Batch, run_info: dict[str, Any] | None, total_inputs: int, ru
         raise typer.Exit(1)
 
 
-def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, upscaler: Any, flops_per_s: float) -> None:
-    from infdit_cli.engine import flops_per_call
+def _memory_fields(result: Any, plans: list) -> dict[str, Any]:
+    """--json memory figures of one image: measured device peak, the plan's, host bytes, RSS growth, n used."""
+    stats = result.stats or []
+    return {"peak_memory_bytes": max((s.peak_device_bytes for s in stats), default=None),
+            "peak_memory_source": stats[0].peak_device_source if stats else None,
+            "planned_peak_bytes": max(p.memory.device_bytes for p in plans),
+            "host_bytes": max((s.host_bytes for s in stats), default=0),
+            "rss_growth_bytes": getattr(result, "rss_growth_bytes", None),
+            "block_batch": [s.block_batch for s in stats] or [p.memory.block_batch for p in plans],
+            "placement": [s.placement for s in stats] or [p.memory.name for p in plans],
+            "oom_retries": sum(s.oom_retries for s in stats)}
 
-    flops = sum(p.nfe * flops_per_call(upscaler.config, p.grid) for p in plans)
-    eta = f", ~{flops / flops_per_s:.0f} s" if flops_per_s else ""
-    n = "/".join(str(p.memory.block_batch) for p in plans)
-    peak = max(p.memory.estimated_bytes for p in plans)
+
+def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float) -> None:
+    """One line before an image: size, blocks, the placement plan, planned device peak, calls, estimated time."""
+    from infdit_cli.bench.report import format_seconds
+
+    plan = " / ".join(p.memory.name for p in plans)
+    peak = max(p.memory.device_bytes for p in plans)
+    host = max(p.memory.host_bytes for p in plans)
+    off = f" (+{_fmt_bytes(host)} on the host)" if host else ""
     info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
-              f"{sum(p.blocks for p in plans)} blocks, n={n}, est. peak {_fmt_bytes(peak)}, "
-              f"{sum(p.nfe for p in plans)} network calls{eta}")
+         f"{sum(p.blocks for p in plans)} blocks, {plan}, est. peak {_fmt_bytes(peak)}{off}, "
+         f"{sum(p.nfe for p in plans)} network calls, ~{format_seconds(estimate)}")
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -67,7 +68,7 @@ SAMPLERS = [
 
 
 @pytest.mark.parametrize(("name", "options", "mode"), SAMPLERS, ids=[f"{s[0]}-{s[2]}" for s in SAMPLERS])
-def test_stopped_after_any_call_and_resumed_equals_uninterrupted(tmp_path, name, options, mode):
+def test_stopped_after_any_call_and_resumed_equals_uninterrupted(tmp_path, name, options, mode, one_thread):
     sampler = TwoStep(options) if name == "two-step" else get_sampler(name, options)
     assert uses_state(sampler) == (mode == "state")
     x0, sigmas, noise = _problem()
@@ -138,3 +139,58 @@ def test_ranks_resume_from_the_step_they_all_have(tmp_path):
     out = ck.sample(sampler, _denoiser(), x0, sigmas, noise, 0)
     assert ck.resumed_from[0] == common[0] and torch.equal(out, reference)
     assert math.isfinite(out.abs().max().item())
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on two shared cores: one thread, or the other processes make every op wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cli_interrupted_then_resumed_writes_the_uninterrupted_png(tmp_path, monkeypatch, one_thread):
+    """Ctrl-C after 3 network calls keeps the checkpoint; another seed is refused in one line; the same
+    command resumes from the saved step and writes the same bytes as a run that was never stopped."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+    from infdit_cli.model import InfDiT, precond
+    from infdit_cli.weights import save_model
+    from tests.distributed_worker import TINY
+
+    save_model(InfDiT(TINY).init_random(2), tmp_path / "model")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    base = ["upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "model"), "--steps", "4", "-q"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*base, "-o", str(tmp_path / "plain")]).exit_code == 0
+    reference = (tmp_path / "plain" / "in_x4.png").read_bytes()
+
+    real_call, calls = precond.EDMDenoiser.__call__, [0]
+
+    def interrupted(self, x, sigma):
+        calls[0] += 1
+        if calls[0] > 3:
+            raise KeyboardInterrupt
+        return real_call(self, x, sigma)
+
+    out, ck = str(tmp_path / "out"), str(tmp_path / "ck")
+    monkeypatch.setattr(precond.EDMDenoiser, "__call__", interrupted)
+    res = runner.invoke(app, [*base, "-o", out, "--checkpoint", ck])
+    assert res.exit_code == 130 and not (tmp_path / "out" / "in_x4.png").exists()
+    assert list((tmp_path / "ck").glob("*/pass0-step1.safetensors"))  # heun: calls 1-2 are step 0, 3 starts step 1
+    monkeypatch.setattr(precond.EDMDenoiser, "__call__", real_call)
+
+    res = runner.invoke(app, [*base, "-o", out, "--checkpoint", ck, "--seed", "9"])
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "belongs to another run" in lines[0] and "seed" in lines[0]
+
+    res = runner.invoke(app, [*base, "-o", out, "--checkpoint", ck, "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "in_x4.png").read_bytes() == reference
+    assert json.loads(res.stdout)["outputs"][0]["network_calls"] < 7  # 2·4 − 1 without the checkpoint
+    assert not any((tmp_path / "ck").iterdir())  # cleared once the image is written

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from infdit_cli.distributed.checkpoint import Checkpoint, image_checkpoint
+from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError, image_checkpoint
 from infdit_cli.distributed.context import (
+    DistributedError,
     Ranks,
     broadcast,
     peer_errors,
@@ -100,7 +101,10 @@ class Session:
         """One image: alone (or this rank's file), or split across every rank."""
         sample = None if checkpoint is None else checkpoint.sample
         if split_image and self.ranks.distributed:
-            return SplitUpscale(upscaler, self.ranks, on_blocks).upscale(image, options, plans, sample)
+            try:
+                return SplitUpscale(upscaler, self.ranks, on_blocks).upscale(image, options, plans, sample)
+            except CheckpointError as exc:  # this rank's files only: its peers would wait for it forever
+                raise DistributedError(f"rank {self.ranks.rank}: {exc}") from None
         return upscaler.upscale(image, options, on_blocks=on_blocks, plans=plans, sample=sample)
 
     def gather(self, report: RankReport) -> Summary | None:

@@ -7,7 +7,9 @@ photographs of `plasma-workspace-wallpapers`, which training never sees, at thei
 
     python training/prepare_wallpapers.py /tmp/wallpapers    # needs apt-get and dpkg-deb
 
-Writes OUT/train/*.png and OUT/val/*.{jpg,png}; the downloaded packages stay in OUT/debs.
+Writes OUT/train/*.png, OUT/val/*.{jpg,png} and OUT/val384/*.png (each validation photo shrunk to
+long side 384 exactly as `infdit eval --max-side 384` does, for validation during training); the
+downloaded packages stay in OUT/debs.
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ def save_long_side(src: Path, dst: Path, side: int) -> None:
         im.save(dst)
 
 
+def shrink_validation(src: Path, dst: Path, side: int) -> None:
+    """The evaluation's own HR preparation (Lanczos to long side `side`, cropped to ×4), saved as PNG."""
+    import numpy as np
+
+    from infdit_cli.evaluate import load_hr
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        hr = load_hr(path, side)[0].permute(1, 2, 0).numpy()
+        Image.fromarray((hr * 255).round().astype(np.uint8)).save(dst / f"{path.stem}.png")
+
+
 def main(out: Path) -> None:
     debs, train, val = out / "debs", out / "train", out / "val"
     train.mkdir(parents=True, exist_ok=True)
@@ -80,6 +94,7 @@ def main(out: Path) -> None:
         images = sorted((plasma / name / "contents/images").iterdir(), key=lambda p: int(p.name.split("x")[0]))
         src = next((p for p in images if p.name.startswith("2560x")), images[-1])
         (val / f"{name}{src.suffix}").write_bytes(src.read_bytes())
+    shrink_validation(val, out / "val384", 384)
     print(f"{len(list(train.iterdir()))} training files, {len(list(val.iterdir()))} validation files in {out}")
 
 

@@ -30,8 +30,8 @@ def small_block(name: str = "tiny", **overrides: object) -> ModelConfig:
 
 
 def write_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A tiny no-CLIP model (every other feature on) with random weights."""
-    save_model(InfDiT(preset("tiny")).init_random(seed), folder)
+    """A tiny no-CLIP model (every other feature on, 32-px blocks) with random weights."""
+    save_model(InfDiT(small_block()).init_random(seed), folder)
     return folder
 
 
@@ -39,7 +39,7 @@ def write_tiny_clip_model(folder: Path, seed: int = 0) -> Path:
     """A tiny model conditioned on a tiny open_clip (full towers, so text prompts work)."""
     import open_clip
 
-    save_model(InfDiT(preset("tiny", vector_dim=TINY_CLIP["embed_dim"])).init_random(seed), folder)
+    save_model(InfDiT(small_block(vector_dim=TINY_CLIP["embed_dim"])).init_random(seed), folder)
     torch.manual_seed(seed)
     clip = open_clip.create_model("ViT-L-14", pretrained=None, **TINY_CLIP)
     save_clip(clip, folder / "clip_visual.safetensors", "ViT-L-14", TINY_CLIP)

@@ -90,13 +90,13 @@ def test_json_names_model_sampler_steps_seed_and_timings(model_dir, tmp_path):
 
 def test_plain_progress_moves_inside_one_group_and_quiet_silences_it(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(cli_upscale, "PLAIN_PROGRESS_EVERY", 0.0)  # a line on every update
-    src = image(tmp_path / "p.png", 24, 24)  # 96 px out: one 1x1 group of 128-px blocks
+    src = image(tmp_path / "p.png", 24, 24)  # 96 px out: 3x3 blocks of 32 px, one group per call
     res = runner.invoke(app, ["upscale", str(src), "--model", str(model_dir), "--steps", "2", "--sampler",
-                              "euler"])
+                              "euler", "--block-batch", "3"])
     assert res.exit_code == 0, res.output
     pcts = [int(ln.split(": ")[1].split("%")[0]) for ln in res.stderr.splitlines()
             if ln.startswith("p.png: ") and "block-calls" in ln]
-    # tiny model: 2 layers, 2 calls of one block -> layer ticks at 25% and 75%, group ends at 50% and 100%
+    # tiny model: 2 layers, 2 calls of one group -> layer ticks at 25% and 75%, group ends at 50% and 100%
     assert pcts == [25, 50, 50, 75, 100, 100], pcts
     assert "left" in res.stderr
     quiet = runner.invoke(app, ["upscale", str(src), "--model", str(model_dir), "--steps", "2", "-q",

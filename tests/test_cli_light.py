@@ -54,3 +54,15 @@ def test_every_user_error_shares_one_base() -> None:
 
     for cls in (InputError, OutputError, ConversionError, UpscaleError, UnknownSamplerError, ModelError):
         assert issubclass(cls, InfditError), cls
+
+
+def test_lazy_bench_command_parses_and_runs_its_own_help() -> None:
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "--help"])
+    assert res.exit_code == 0 and "--resolution" in res.output and "--block-batch" in res.output
+    bad = runner.invoke(app, ["bench", "--no-such-option"])
+    assert bad.exit_code == 2 and "No such option" in bad.output

@@ -520,3 +520,14 @@ def test_broken_exif_never_costs_the_upscale(tmp_path: Path) -> None:
     for name in ("out.jpg", "out.tif"):
         save_image(tmp_path / name, img.rgb, None, img)
         assert Image.open(tmp_path / name).size == (3, 3)
+
+
+def test_tiff_warns_that_exif_sub_ifds_are_not_kept(tmp_path: Path) -> None:
+    exif = exif_with(1)
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:01 10:00:00"  # DateTimeOriginal, in the Exif sub-IFD
+    img = load_image(_write(tmp_path / "in.jpg", rand8(4, 4, 3), exif=exif))
+    assert any("EXIF camera" in loss for loss in format_losses("tiff", img))
+    assert not any("EXIF camera" in loss for loss in format_losses("png", img))
+    save_image(tmp_path / "out.tif", img.rgb, None, img)
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.getexif()[0x013B] == "Ada Lovelace" and out.getexif()[0x0112] == 1

@@ -15,8 +15,7 @@ from typing import Literal
 
 from PIL import Image
 
-from infdit_cli.imageio import InputError, OutputError, check_output_size, output_format, read_formats
-from infdit_cli.imageio.decode import check_header
+from infdit_cli.imageio import InputError, OutputError, check_header, check_output_size, output_format, read_formats
 
 __all__ = [
     "InputError", "OutputError", "image_extensions", "collect_inputs", "gather_inputs", "check_input",

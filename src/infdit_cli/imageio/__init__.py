@@ -22,7 +22,7 @@ Decisions, in one place (the README and the CLI help point here):
 - Writing is atomic: an output either exists complete or not at all (disk full, Ctrl-C, encoder error).
 """
 
-from infdit_cli.imageio.decode import load_image
+from infdit_cli.imageio.decode import check_header, load_image
 from infdit_cli.imageio.encode import save_image
 from infdit_cli.imageio.formats import (
     OUTPUT_FORMATS,
@@ -37,6 +37,7 @@ from infdit_cli.imageio.formats import (
 )
 
 __all__ = [
-    "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "read_formats", "load_image", "save_image",
+    "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "read_formats", "load_image", "check_header",
+    "save_image",
     "output_format", "check_output_size", "format_losses", "supports_alpha",
 ]

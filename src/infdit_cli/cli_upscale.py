@@ -279,7 +279,7 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                 if not quiet:
                     for loss in format_losses(out_fmt, image):
                         info(f"warning: {job.target.name}: {loss}", "yellow")
-                plans = upscaler.plan((h, w), options)
+                plans = upscaler.plan((h, w), options, speed=estimator.calibration.speed)
                 estimate = sum(estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
                 if not quiet:
                     _preflight(job, image.size, scale, plans, estimate)

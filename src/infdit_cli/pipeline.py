@@ -19,7 +19,15 @@ import torch
 from torch import Tensor
 
 from infdit_cli.clip import ClipEncoder
-from infdit_cli.engine import EngineStats, Plan, StreamedRunner, block_noise, budget_bytes, plan_placement
+from infdit_cli.engine import (
+    EngineStats,
+    Plan,
+    SpeedModel,
+    StreamedRunner,
+    block_noise,
+    budget_bytes,
+    plan_placement,
+)
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
 from infdit_cli.errors import InfditError
 from infdit_cli.model import EDMDenoiser, InfDiT
@@ -146,8 +154,12 @@ class Upscaler:
     def config(self):
         return self.model.config
 
-    def plan(self, lr_size: tuple[int, int], options: UpscaleOptions) -> list[PassPlan]:
-        """Block grid, block batch and network calls of every pass, before any compute."""
+    def plan(self, lr_size: tuple[int, int], options: UpscaleOptions, speed: SpeedModel | None = None
+             ) -> list[PassPlan]:
+        """Block grid, placement plan and network calls of every pass, before any compute.
+
+        `speed`: a calibrated speed model (engine.estimate) to rank the plans; default: the device's.
+        """
         options.validate()
         sampler = get_sampler(options.sampler, self._sampler_options(options))
         plans, (h, w) = [], lr_size
@@ -156,7 +168,7 @@ class Upscaler:
             grid = (math.ceil(h * factor / bs), math.ceil(w * factor / bs))
             memory = plan_placement(self.config, grid, self.dtype, self.device.type,
                                     budget_bytes(self.device, options.max_memory), self.model.num_parameters(),
-                                    block_batch=options.block_batch, state=options.state)
+                                    block_batch=options.block_batch, state=options.state, speed=speed)
             plans.append(PassPlan(factor, (h, w), grid, memory, sampler.nfe(options.steps)))
             h, w = h * factor, w * factor
         return plans

@@ -15,6 +15,7 @@ from infdit_cli import bench
 from infdit_cli.bench import (
     BenchError,
     GroupTiming,
+    driver,
     extrapolate_call_seconds,
     head_tail_fraction,
     machine_slug,
@@ -25,7 +26,6 @@ from infdit_cli.bench import (
 )
 from infdit_cli.cli_bench import bench_command, format_bytes
 from infdit_cli.config import preset
-from infdit_cli.bench import driver
 from infdit_cli.engine import StreamedRunner, WholeImageRunner, flops_per_call
 from infdit_cli.engine.memory import group_activation_bytes, kv_band_bytes, stream_kv_bytes, whole_image_memory_bytes
 from infdit_cli.model import InfDiT
@@ -256,7 +256,7 @@ def app(monkeypatch):
 
 
 def test_cli_table_and_json_agree(app, monkeypatch):
-    args = ["bench", "--preset", "tiny", "-r", "384x256", "-n", "1", "-n", "2", "--time-budget", "3"]
+    args = ["bench", "--preset", "tiny", "--resolution", "384x256", "-n", "1", "-n", "2", "--time-budget", "3"]
     table = CliRunner().invoke(app, args)
     assert table.exit_code == 0, table.output
     monkeypatch.setattr(bench, "run_bench", functools.partial(bench.run_bench.func, clock=FakeClock()))
@@ -274,8 +274,8 @@ def test_cli_table_and_json_agree(app, monkeypatch):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["-r", "300"], "not a multiple"),
-    (["-r", "abc"], "invalid resolution"),
+    (["--resolution", "300"], "not a multiple"),
+    (["--resolution", "abc"], "invalid resolution"),
     (["--model", "x", "--preset", "tiny"], "either --model or --preset"),
     (["-n", "zero"], "invalid block batch"),
 ])

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from infdit_cli import errors
 from infdit_cli.bench import BenchError, BenchReport, format_bytes, format_seconds, how_measured, memory_ratios
-from infdit_cli.cli_common import cli_errors, fail, info, out, parse_dtype, pick_device
+from infdit_cli.cli_common import DEVICE_HELP, DTYPE_HELP, Dtype, cli_errors, fail, info, out, parse_dtype, pick_device
 
 
 def render(report: BenchReport, console: Console) -> None:
@@ -120,14 +120,15 @@ def _bench(resolution: list[str] | None, model: str | None, preset_name: str | N
 @cli_errors
 def bench_command(
     resolution: Annotated[list[str] | None, typer.Option(
-        "--resolution", "-r", help="Output size: 4096 or WxH (repeatable). Default 4096.")] = None,
+        "--resolution", help="Output size: 4096 or WxH (repeatable).", show_default="4096")] = None,
     model: Annotated[str | None, typer.Option(help="Model file, folder or hub id (org/name).")] = None,
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help="Preset with random weights instead of --model (x4, base, small, tiny). Default x4.")] = None,
+        "--preset", help="Preset with random weights instead of --model (x4, base, small, tiny).",
+        show_default="x4")] = None,
     block_batch: Annotated[list[str] | None, typer.Option(
-        "--block-batch", "-n", help="Block batch n or auto (repeatable: one row each). Default auto.")] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+        "--block-batch", "-n", help="Block batch n or auto (repeatable: one row each).", show_default="auto")] = None,
+    dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     steps: Annotated[int, typer.Option(help="Sampler steps for the projected run time.")] = 20,
     sampler: Annotated[str, typer.Option(help="Sampler whose NFE count projects the run time.")] = "heun-edm",
     whole: Annotated[bool, typer.Option(
@@ -135,9 +136,9 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,
     time_budget: Annotated[float, typer.Option(
         help="Timing seconds per row; slower calls are extrapolated from sampled block groups.")] = 60.0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.", show_default="torch's choice")] = None,
     state: Annotated[str | None, typer.Option(
-        help="Where the sampler's image-sized state lives: device or host (default: planned).")] = None,
+        help="Where the sampler's image-sized state lives: device or host.", show_default="planned")] = None,
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the transformer layers (needs a C++ compiler on CPU, Triton on CUDA)."
     )] = False,

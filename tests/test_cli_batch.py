@@ -124,3 +124,42 @@ def test_text_prompt_on_a_model_without_clip_says_how_to_get_one(model_dir, tmp_
     assert res.exit_code == 1
     assert "infdit convert" in res.stderr and "not conditioned on CLIP" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_terminal_bar_moves_with_layers_and_batch() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with ImageProgress(console, batch_total=2) as p:
+        p.start_image("a.png", 8)
+        bar = p._rich.tasks[-1]
+        p.layer_done(2.0)
+        assert (bar.completed, bar.total) == (2, 8)
+        p.blocks_done(4)  # exact group end replaces the layer estimate
+        assert bar.completed == 4
+        p.end_image()
+        assert p._rich.tasks[0].completed == 1 and len(p._rich.tasks) == 1
+
+
+def test_layer_ticks_count_blocks_and_remove_their_hooks() -> None:
+    import torch
+
+    from infdit_cli.progress import layer_ticks
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Identity() for _ in range(4)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    net = Net()
+    p = ImageProgress(Console(file=io.StringIO()), every=1e9)
+    p.start_image("x", 100)
+    with layer_ticks(net, p):
+        net(torch.zeros(1, 2, 3, 5, 7))  # [B, X, Y, T, C]: a 2x3 group, 4 layers -> 6 units
+    assert p.completed == pytest.approx(6.0)
+    assert all(not b._forward_hooks for b in net.blocks)
+    net(torch.zeros(1, 2, 3, 5, 7))
+    assert p.completed == pytest.approx(6.0)

@@ -7,6 +7,7 @@ writing outputs; each rank then takes its share, and rank 0 gathers what every r
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import signal
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from infdit_cli.distributed.context import (
     rank_device,
     ranks_from_env,
     start,
+    stop,
 )
 from infdit_cli.distributed.shard import image_pixels, share
 from infdit_cli.distributed.split import SplitUpscale, agree_across
@@ -117,6 +119,7 @@ class Session:
         reports: list[Any] = [None] * ranks.world
         with peer_errors(ranks, "gathering the summary"):
             dist.all_gather_object(reports, report, group=self.summary_group)
+        stop()  # the last exchange: close every connection now, together, not while a peer is exiting
         if not ranks.is_root:
             return None
         outputs = sorted((dict(o, rank=r.rank) for r in reports for o in r.outputs), key=lambda o: o["input"])
@@ -136,6 +139,7 @@ def join(device: torch.device) -> Session:
     with peer_errors(ranks, "opening the summary channel"):
         group = dist.new_group(backend="gloo", timeout=SUMMARY_WAIT)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    atexit.register(stop)  # error paths: leave the group before the interpreter tears torch down
     return Session(ranks, device, group)
 
 

@@ -73,10 +73,13 @@ def test_skipped_outputs_count_and_exit_zero(model_dir, tmp_path):
 def test_json_names_model_sampler_steps_seed_and_timings(model_dir, tmp_path):
     src = image(tmp_path / "c.png")
     (tmp_path / "bad.png").write_bytes(b"")
-    res = runner.invoke(app, ["upscale", str(src), str(tmp_path / "bad.png"), "--model", str(model_dir),
-                              "--steps", "2", "--sampler", "euler", "--seed", "5", "--json", "-q"])
+    res = runner.invoke(app, ["upscale", str(src), str(tmp_path / "bad.png"), str(tmp_path / "nope.png"),
+                              "--model", str(model_dir), "--steps", "2", "--sampler", "euler", "--seed", "5",
+                              "--json", "-q"])
     assert res.exit_code == 1
     summary = json.loads(res.stdout)
+    missing = summary["failures"].pop(0)  # specs that matched nothing come first, named as given
+    assert missing == {"input": str(tmp_path / "nope.png"), "error": f"{tmp_path / 'nope.png'}: no such file or folder"}
     assert summary["model"] == str(model_dir) and summary["sampler"] == "euler"
     assert summary["steps"] == 2 and summary["seed"] == 5 and summary["load_s"] >= 0
     assert summary["failures"] == [{"input": str(tmp_path / "bad.png"), "error": f"{tmp_path / 'bad.png'}: "

@@ -123,8 +123,8 @@ def upscale_command(
     batch = Batch(report=session.ranks.is_root)
     out_folder = output if output is not None and (output.is_dir() or not output.suffix) else None
     files, problems = gather_inputs(inputs, recursive, exclude=out_folder)
-    for problem in problems:
-        batch.failed(None, problem)
+    for spec, problem in problems:
+        batch.failed(spec, problem)
     good = []
     for f in files:
         try:
@@ -197,7 +197,7 @@ class Batch:
     failures: list[dict[str, str | None]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
 
-    def failed(self, source: Path | None, exc: BaseException) -> None:
+    def failed(self, source: Path | str | None, exc: BaseException) -> None:
         if self.report:
             report_error(errors.one_line(exc))
         self.failures.append({"input": None if source is None else str(source), "error": errors.one_line(exc)})

@@ -96,16 +96,16 @@ def collect_inputs(
 
 def gather_inputs(
     specs: Sequence[str | Path], recursive: bool = False, *, exclude: Path | None = None
-) -> tuple[list[Path], list[InputError]]:
-    """`collect_inputs` for a batch: the files of every usable spec, plus one InputError per spec that
-    matched nothing (missing file, empty folder, ...), so one typo does not cancel the whole batch."""
+) -> tuple[list[Path], list[tuple[str, InputError]]]:
+    """`collect_inputs` for a batch: the files of every usable spec, plus (spec, InputError) for each spec
+    that matched nothing (missing file, empty folder, ...), so one typo does not cancel the whole batch."""
     files: list[Path] = []
-    problems: list[InputError] = []
+    problems: list[tuple[str, InputError]] = []
     for spec in specs:
         try:
             files += collect_inputs([spec], recursive, exclude=exclude)
         except InputError as exc:
-            problems.append(exc)
+            problems.append((str(spec), exc))
     if len(specs) > 1:  # de-duplicate and order across specs as one collect_inputs call would
         unique = {os.path.normcase(os.path.abspath(p)): p for p in reversed(files)}
         files = sorted(unique.values(), key=lambda p: _natural_key(os.path.abspath(p)))

@@ -249,6 +249,9 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
     options = upscaler.options(**given)
     options.validate()
     get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    warning = upscaler.sampling_warning(options)
+    if warning and not quiet:
+        info(f"warning: {warning}", "yellow")
     model_hash = model_digest(upscaler.model) if a.checkpoint is not None else ""
     load_seconds = time.perf_counter() - load_start
     run_info = {"model": model_source, "sampler": options.sampler, "steps": options.steps, "seed": seed,

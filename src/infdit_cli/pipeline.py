@@ -133,16 +133,38 @@ def sampling_defaults(metadata: dict[str, str]) -> dict[str, object]:
     return data
 
 
+def training_objective(metadata: dict[str, str]) -> dict[str, object]:
+    """How the model was trained (metadata key "objective", JSON: kind "edm" or "one-step", sigma...)."""
+    try:
+        data = json.loads(metadata.get("objective", "{}"))
+    except json.JSONDecodeError:
+        raise UpscaleError("the model's 'objective' metadata is not valid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
 class Upscaler:
     """A loaded model (and CLIP when the model uses it) ready to upscale images."""
 
     def __init__(self, model: InfDiT, clip: ClipEncoder | None = None, device: torch.device | str = "cpu",
-                 defaults: dict[str, object] | None = None) -> None:
+                 defaults: dict[str, object] | None = None, objective: dict[str, object] | None = None) -> None:
         self.model = model
         self.clip = clip
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.defaults = defaults or {}  # the model's recommended sampling settings
+        self.objective = objective or {}  # how it was trained ("one-step" models know one sampling only)
+
+    def sampling_warning(self, options: UpscaleOptions) -> str | None:
+        """One line when a one-step model is asked to sample otherwise than it was trained (it still runs)."""
+        if self.objective.get("kind") != "one-step":
+            return None
+        own = {k: self.defaults[k] for k in ("sampler", "steps", "sigma_max") if k in self.defaults}
+        asked = {k: getattr(options, k) for k in own}
+        if asked == own:
+            return None
+        return (f"this model was trained for one {own.get('sampler', 'euler')} step at sigma "
+                f"{own.get('sigma_max', '?')} from the bicubic start (a one-step residual upscaler); "
+                f"{options.sampler}, {options.steps} step(s), sigma-max {options.sigma_max:g} will likely look worse")
 
     def options(self, **given: object) -> UpscaleOptions:
         """UpscaleOptions from what the user gave (None = not given), else the model's defaults, else ours."""
@@ -273,10 +295,11 @@ def load_upscaler(
 
     files = resolve_model(model_source)
     model = load_model(files.weights, device=device, dtype=dtype)
-    defaults = sampling_defaults(read_config(files.weights)[1])
+    metadata = read_config(files.weights)[1]
+    defaults = sampling_defaults(metadata)
     clip = None
     if model.config.vector_dim:
         clip = load_clip(files.clip, clip_source, need_text=need_text, device=device)
     elif need_text:
         raise UpscaleError(NO_CLIP_PROMPT)
-    return Upscaler(model, clip, device, defaults)
+    return Upscaler(model, clip, device, defaults, training_objective(metadata))

@@ -46,3 +46,22 @@ def test_beats_bicubic_on_a_held_out_photo(upscaler):
     assert gain > 0.3, f"{gain:+.2f} dB over bicubic"
     # Sharper than bicubic, not over-sharpened: closer to the original's |∇|.
     assert abs(1 - sharpness_ratio(model, truth)) < abs(1 - sharpness_ratio(bic, truth))
+
+
+def test_upscale_warns_once_when_a_one_step_model_is_sampled_otherwise(tmp_path):
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    src = tmp_path / "flat.png"
+    Image.fromarray(np.full((16, 24, 3), 90, np.uint8)).save(src)
+    runner = CliRunner()
+    own = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "own.png")])
+    assert own.exit_code == 0, own.output
+    assert "warning" not in own.stderr
+    other = runner.invoke(app, ["upscale", str(src), "-o", str(tmp_path / "other.png"), "--steps", "2",
+                                "--sampler", "heun-edm", "--sigma-max", "1"])
+    assert other.exit_code == 0, other.output  # it still runs
+    warnings = [line for line in other.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "one euler step" in warnings[0], other.stderr
+    assert (tmp_path / "other.png").is_file()

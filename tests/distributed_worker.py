@@ -45,7 +45,8 @@ def split_cases(steps: int = 2) -> dict[str, dict[str, object]]:
             single = upscaler.upscale(image, UpscaleOptions(steps=steps, block_batch=n_used, seed=4)).image
             report[name] = {"equal": torch.equal(got, single), "shape": list(got.shape),
                             "strips": [[s.cols.start, s.cols.stop] for s in strips],
-                            "bytes_sent": split.link_stats[-1].bytes_sent}
+                            "bytes_sent": split.link_stats[-1].bytes_sent,
+                            "band_bytes": split.band_bytes[-1]}
         return report
     finally:
         stop()

@@ -141,6 +141,9 @@ def test_split_image_equals_single_process_bit_for_bit():
         rows = case["shape"][2] // TINY.block_size + (case["shape"][2] % TINY.block_size > 0)
         calls = 3  # heun-edm, 2 steps
         assert case["bytes_sent"] == calls * rows * per_block_column, name  # one boundary column per call
+        # Rank 0 keeps a band one block-row high across its own strip only (none for a single block-row).
+        width = case["strips"][0][1] - case["strips"][0][0]
+        assert case["band_bytes"] == (width * per_block_column if rows > 1 else 0), name
 
 
 def test_split_cli_killed_peer_then_resumed_equals_single_process_png(tiny_model, tmp_path, one_thread):

@@ -73,6 +73,7 @@ class SplitUpscale:
         self.ranks = ranks
         self.on_blocks = on_blocks  # progress: called with the blocks of the whole image a group stands for
         self.link_stats: list[LinkStats] = []  # per pass
+        self.band_bytes: list[int] = []  # per pass: the largest KV band (top row of the strip) this rank held
 
     def upscale(self, image: Tensor, options: UpscaleOptions, plans: list[PassPlan] | None = None,
                 sample: SampleHook | None = None) -> UpscaleResult:
@@ -138,6 +139,7 @@ class SplitUpscale:
         h, w = inputs.crop
         out = out[..., :h, :w]
         self.link_stats.append(link.stats)
+        self.band_bytes.append(runner.band_bytes)
         stats = EngineStats(calls=runner.calls, seconds=runner.seconds, peak_kv_bytes=runner.band_bytes,
                             block_batch=n)
         return ((out + 1) / 2).clamp(0, 1), stats

@@ -50,9 +50,9 @@ def _digest(data: bytes) -> str:
 
 def tensor_digest(t: Tensor) -> str:
     """Hash of a tensor's dtype, shape and bytes (bitwise identity)."""
-    t = t.detach().contiguous().cpu()
     head = f"{t.dtype}{tuple(t.shape)}".encode()
-    return _digest(head + t.view(torch.uint8).numpy().tobytes() if t.numel() else head)
+    flat = t.detach().contiguous().cpu().reshape(-1)  # 1-D: a 0-d tensor cannot be viewed as bytes
+    return _digest(head + flat.view(torch.uint8).numpy().tobytes() if flat.numel() else head)
 
 
 def model_digest(model: torch.nn.Module) -> str:

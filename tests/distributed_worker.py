@@ -12,7 +12,8 @@ import sys
 import torch
 
 from infdit_cli.config import ModelConfig
-from infdit_cli.distributed.context import ranks_from_env, start, stop
+from infdit_cli.distributed.batch import Session
+from infdit_cli.distributed.context import DistributedError, ranks_from_env, start, stop
 from infdit_cli.distributed.split import SplitUpscale
 from infdit_cli.model import InfDiT
 from infdit_cli.pipeline import UpscaleOptions, Upscaler
@@ -47,6 +48,15 @@ def split_cases(steps: int = 2) -> dict[str, dict[str, object]]:
                             "strips": [[s.cols.start, s.cols.stop] for s in strips],
                             "bytes_sent": split.link_stats[-1].bytes_sent,
                             "band_bytes": split.band_bytes[-1]}
+        # A rank that read other pixels (an input that differs between nodes) is caught before any exchange.
+        options = UpscaleOptions(steps=1, block_batch=1)
+        image = torch.full((1, 3, 8, 40), 0.1 * (ranks.rank + 1))
+        try:
+            Session(ranks, torch.device("cpu")).upscale(upscaler, image, options, upscaler.plan((8, 40), options),
+                                                        None, None, True)
+            report["different pixels"] = "no error"
+        except DistributedError as exc:
+            report["different pixels"] = str(exc)
         return report
     finally:
         stop()

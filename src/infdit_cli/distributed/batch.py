@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError, image_checkpoint
+from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError, image_checkpoint, tensor_digest
 from infdit_cli.distributed.context import (
     DistributedError,
     Ranks,
+    all_gather,
     broadcast,
     peer_errors,
     rank_device,
@@ -103,6 +104,12 @@ class Session:
         """One image: alone (or this rank's file), or split across every rank."""
         sample = None if checkpoint is None else checkpoint.sample
         if split_image and self.ranks.distributed:
+            # Every rank must be on the same image with the same pixels, or the exchanges would pair
+            # unrelated calls: check before the first one.
+            seen = all_gather(self.ranks, tensor_digest(image), "starting an image")
+            if len(set(seen)) > 1:
+                raise DistributedError(f"rank {self.ranks.rank}: the ranks read different pixels for this image "
+                                       "(a split image needs the same input file on every node)")
             try:
                 return SplitUpscale(upscaler, self.ranks, on_blocks).upscale(image, options, plans, sample)
             except CheckpointError as exc:  # this rank's files only: its peers would wait for it forever

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from infdit_cli.cli import app
-from tests.models import write_hub_cache, write_tiny_clip_model, write_tiny_model
+from tests.models import small_block, write_hub_cache, write_tiny_clip_model, write_tiny_model
 
 runner = CliRunner()
 FAST = ["--steps", "1", "--quiet"]
@@ -132,9 +132,9 @@ def test_alpha_and_16_bit_grayscale_round_trip(model_dir, tmp_path):
 
 def test_prompts_edit_the_clip_embedding(clip_model_dir, tmp_path):
     src = rgb_image(tmp_path / "c.png", 32, 32)
-    base = run(str(src), "--model", str(clip_model_dir), "-o", str(tmp_path / "plain"), "--steps", "2", "-q")
+    base = run(str(src), "--model", str(clip_model_dir), "-o", str(tmp_path / "plain"), "--steps", "1", "-q")
     assert base.exit_code == 0, base.output
-    edited = run(str(src), "--model", str(clip_model_dir), "-o", str(tmp_path / "prompt"), "--steps", "2", "-q",
+    edited = run(str(src), "--model", str(clip_model_dir), "-o", str(tmp_path / "prompt"), "--steps", "1", "-q",
                  "--prompt-pos", "clear", "--prompt-neg", "blur")
     assert edited.exit_code == 0, edited.output
     a = np.asarray(Image.open(tmp_path / "plain" / "c_x4.png"))
@@ -223,16 +223,15 @@ def test_ctrl_c_leaves_no_partial_output(model_dir, tmp_path):
 def test_model_sampling_defaults_apply_unless_overridden(tmp_path):
     import json
 
-    from infdit_cli.config import preset
     from infdit_cli.model import InfDiT
     from infdit_cli.weights import save_model
 
     folder = tmp_path / "m"
-    save_model(InfDiT(preset("tiny")).init_random(0), folder,
+    save_model(InfDiT(small_block()).init_random(0), folder,
                {"sampling": json.dumps({"sampler": "euler", "steps": 2})})
     src = rgb_image(tmp_path / "d.png", 16, 16)
-    res = run(str(src), "--model", str(folder), "--json")
+    res = run(str(src), "--model", str(folder), "--json", "-q")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["outputs"][0]["network_calls"] == 2  # euler, 2 steps
-    res = run(str(src), "--model", str(folder), "--json", "--steps", "3", "--overwrite")
+    res = run(str(src), "--model", str(folder), "--json", "-q", "--steps", "3", "--overwrite")
     assert json.loads(res.stdout)["outputs"][0]["network_calls"] == 3

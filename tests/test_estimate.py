@@ -11,12 +11,12 @@ from infdit_cli.engine.estimate import TimeEstimator
 from infdit_cli.model import InfDiT
 
 
-@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
-def test_calibration_recovers_the_rate_and_the_group_cost(monkeypatch, device_type):
+@pytest.mark.parametrize(("device_type", "slope"), [("cpu", 0.1), ("cpu", -0.05), ("cuda", -0.08)])
+def test_calibration_recovers_rate_group_cost_and_size_slope(monkeypatch, device_type, slope):
+    """Three timed group sizes fix the three unknowns: a busy CPU (negative slope) or a cache-bound one."""
     cfg = preset("tiny")
     est = TimeEstimator(InfDiT(cfg).init_random(0).eval())
-    truth = SpeedModel.for_device(device_type, 2e10)
-    truth = SpeedModel(2e10, 0.003, truth.cuda)
+    truth = SpeedModel(2e10, 0.003, device_type == "cuda", size_slope=slope)
     per_block = flops_per_call(cfg, (1, 1))
 
     def measured(side: int, layers: int | None = None) -> float:  # what a machine with `truth` would time
@@ -28,6 +28,7 @@ def test_calibration_recovers_the_rate_and_the_group_cost(monkeypatch, device_ty
     monkeypatch.setattr("infdit_cli.engine.estimate.block_noise", lambda *a, **k: None)
     speed = est.calibration.speed
     assert speed.flops_per_s == pytest.approx(2e10) and speed.group_seconds == pytest.approx(0.003)
+    assert speed.size_slope == pytest.approx(slope)
     for grid, n in (((3, 5), 2), ((8, 8), 8), ((1, 7), 3)):
         assert est.call_seconds(grid, n) == pytest.approx(truth.call_seconds(cfg, grid, n))
     noise = est.calibration.noise_seconds_per_block

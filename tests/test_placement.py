@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from infdit_cli.cli import app
 from infdit_cli.config import preset
 from infdit_cli.model import InfDiT
-from infdit_cli.pipeline import Upscaler, UpscaleOptions
+from infdit_cli.pipeline import UpscaleOptions, Upscaler
 from tests.models import write_tiny_model
 
 

@@ -135,35 +135,40 @@ def test_planner_picks_larger_batches_with_more_memory():
 
 
 def test_planner_is_not_fooled_by_a_non_monotonic_estimate():
-    """x4 bf16, 16384 wide × 512 high, 21 GB: n=2 and n=3 carry a 128-column band, n=4 none at all."""
+    """x4 bf16, 16384 wide × 512 high, 21 GB: n=2 and n=3 carry a 128-column band, n=4 none at all.
+
+    A scan that stops at the first n that does not fit (n=3) returned n=2 here.
+    """
     cfg = preset("x4")
     grid = (4, 128)
     budget = parse_size("21GB")
     peaks = {n: plan_bytes(cfg, grid, n, "device", "host", torch.bfloat16)[0] for n in (1, 2, 3, 4)}
-    assert peaks[3] > peaks[2] > peaks[4] and peaks[2] > budget > peaks[4]  # not monotonic in n
+    assert peaks[3] > budget > peaks[4] and peaks[2] > peaks[4]  # not monotonic in n
     assert next(n for n in peaks if peaks[n] > budget) < 4  # a scan that stops at the first misfit misses n=4
     plan = plan_placement(cfg, grid, torch.bfloat16, "cuda", budget)
     assert plan.block_batch >= 4 and plan.fits and plan.band == "device"
 
 
 def test_planner_prefers_the_fastest_plan_that_fits():
-    cfg = preset("small")
     grid = (6, 6)
     cpu = SpeedModel(50e9, 0.0, cuda=False)  # large groups spill out of the caches
     gpu = SpeedModel(300e12, 2e-4, cuda=True)  # small groups leave the GPU idle
-    fast_cpu = plan_placement(cfg, grid, torch.float32, "cpu", parse_size("64GB"), speed=cpu)
-    fast_gpu = plan_placement(cfg, grid, torch.float32, "cuda", parse_size("64GB"), speed=gpu)
-    assert fast_cpu.block_batch == 1 and fast_gpu.block_batch == 6
-    every = {n: cpu.call_seconds(cfg, grid, n) for n in range(1, 7)}
+    small, x4 = preset("small"), preset("x4")
+    fast_cpu = plan_placement(small, grid, torch.float32, "cpu", parse_size("64GB"), speed=cpu)
+    assert fast_cpu.block_batch == 1 and fast_cpu.state == "host"
+    every = {n: cpu.call_seconds(small, grid, n) for n in range(1, 7)}
     assert fast_cpu.seconds_per_call == min(every.values())
-    assert fast_gpu.state == "device"  # a small image's state is cheap to keep on the card
+    busy = SpeedModel(50e9, 0.01, cuda=False, size_slope=-0.1)  # a busy CPU: big groups run better
+    assert plan_placement(small, grid, torch.float32, "cpu", parse_size("64GB"), speed=busy).block_batch == 6
+    fast_gpu = plan_placement(x4, grid, torch.bfloat16, "cuda", parse_size("64GB"), speed=gpu)
+    assert fast_gpu.block_batch == 6 and fast_gpu.state == "device"  # a small image's state stays on the card
     # A budget just below it: the state moves to the host; below that, a smaller n.
-    moved = plan_placement(cfg, grid, torch.float32, "cuda", fast_gpu.device_bytes - 1, speed=gpu)
+    moved = plan_placement(x4, grid, torch.bfloat16, "cuda", fast_gpu.device_bytes - 1, speed=gpu)
     assert (moved.block_batch, moved.state) == (6, "host") and moved.seconds_per_call > fast_gpu.seconds_per_call
-    tight = plan_placement(cfg, grid, torch.float32, "cuda", moved.device_bytes - 1, speed=gpu)
+    tight = plan_placement(x4, grid, torch.bfloat16, "cuda", moved.device_bytes - 1, speed=gpu)
     assert tight.fits and tight.block_batch < 6
     # Nothing fits: the smallest plan, flagged.
-    none = plan_placement(cfg, grid, torch.float32, "cuda", 1, speed=gpu)
+    none = plan_placement(x4, grid, torch.bfloat16, "cuda", 1, speed=gpu)
     assert not none.fits and none.block_batch == 1 and none.band == "host" and none.state == "host"
 
 

@@ -1,10 +1,11 @@
 """Time estimates that hold on the machine at hand: the speed model calibrated by a short warm-up.
 
-Two small groups of the real engine are timed (one block, then 2×2 blocks; the first few layers
+Three small groups of the real engine are timed (1, 2×2 and 4×4 blocks; the first two layers
 only when a block is slow, e.g. the x4 model on a CPU), after an untimed run that pays one-off
-costs. They fix the two unknowns of `SpeedModel`: the FLOP rate and the fixed cost per group and
-layer. Block noise is timed too (drawn per block, per sampler step). One `TimeEstimator` serves
-the pre-flight line, `--json` and `infdit bench`, so they show one figure.
+costs. They fix the three unknowns of `SpeedModel`: the FLOP rate, the fixed cost per group and
+layer, and how the per-block cost moves with the group size (caches on a CPU, occupancy on a GPU;
+a busy CPU can reverse the sign). Block noise is timed too (drawn per block, per sampler step).
+One `TimeEstimator` serves the pre-flight line, `--json` and `infdit bench`, so they show one figure.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from infdit_cli.config import ModelConfig
 from infdit_cli.engine.noise import block_noise
 from infdit_cli.engine.placement import Plan, SpeedModel
 from infdit_cli.engine.runner import StreamedRunner, flops_per_call
 from infdit_cli.engine.timing import Clock, time_group
 from infdit_cli.model.network import InfDiT
 
-SLOW_BLOCK_SECONDS = 2.0  # above this per block, calibrate on the first layers only
+SLOW_BLOCK_SECONDS = 0.3  # above this per block (two layers), calibrate on the first two layers only
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Calibration:
 
     speed: SpeedModel
     block_seconds: float  # one block alone, every layer
-    group4_seconds: float  # a 2×2 group, every layer
+    group4_seconds: float  # a 2×2 group, every layer (a 4×4 group was timed too)
     noise_seconds_per_block: float
     warmup_seconds: float  # what calibrating cost
 
@@ -94,22 +96,55 @@ class TimeEstimator:
         cfg = self.net.config
         self.time_square(1, layers=2)  # untimed: allocator, kernel choice, thread pool
         probe = self.time_square(1, layers=2)
-        layers = 2 if probe > SLOW_BLOCK_SECONDS else None
-        t1 = min(self.time_square(1, layers) for _ in range(2))
-        if getattr(self.net, "compiled", False):
-            self.time_square(2, layers)  # untimed: compiles the 2×2 graph
-        t4 = min(self.time_square(2, layers) for _ in range(2))
-        base = SpeedModel.for_device(self.device.type)
-        per_block = flops_per_call(cfg, (1, 1))
-        e1, e4 = base.efficiency(1), base.efficiency(4)
-        inv_rate = (t4 - t1) / (per_block * (4 / e4 - 1 / e1))
-        if inv_rate <= 0 or not math.isfinite(inv_rate):  # noise: no fixed cost visible
-            inv_rate, fixed = t4 * e4 / (4 * per_block), 0.0
-        else:
-            fixed = max(0.0, t1 - per_block * inv_rate / e1) / cfg.num_layers
-        speed = replace(base, flops_per_s=1 / inv_rate, group_seconds=fixed)
+        layers = 2 if probe > SLOW_BLOCK_SECONDS and cfg.num_layers > 2 else None
+        compiled = getattr(self.net, "compiled", False)
+        times = {}
+        for side, repeats in ((1, 2), (2, 2), (4, 1)):
+            if compiled:
+                self.time_square(side, layers)  # untimed: compiles this group shape
+            times[side * side] = min(self.time_square(side, layers) for _ in range(repeats))
+        speed = fit_speed(cfg, times, self.device.type)
         n0 = self.clock()
         block_noise(0, 0, (1, cfg.image_channels, 2 * cfg.block_size, 2 * cfg.block_size), cfg.block_size,
                     self.device)
         noise = (self.clock() - n0) / 4
-        return Calibration(speed, t1, t4, noise, self.clock() - start)
+        return Calibration(speed, times[1], times[4], noise, self.clock() - start)
+
+
+def fit_speed(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:
+    """The speed model through measured group times {blocks: seconds} (1, 4 and 16 blocks).
+
+    t(g) = L·o + g·(F/r)·(1 + s·log2 g): fixed cost o per group and layer, rate r, size slope s,
+    solved exactly from three points; a negative fixed cost (noise) is refitted with o = 0.
+    """
+    per_block = flops_per_call(config, (1, 1))
+    base = SpeedModel.for_device(device_type)
+    gs = sorted(times)
+    rows = [[1.0, g * per_block, g * per_block * math.log2(g)] for g in gs]
+    sol = _solve(rows, [times[g] for g in gs])
+    if sol is None or sol[0] < 0 or sol[1] <= 0:
+        two = _solve([r[1:] for r in rows[:2]], [times[g] for g in gs[:2]]) if len(gs) >= 2 else None
+        if two is None or two[0] <= 0:
+            return replace(base, flops_per_s=per_block / times[gs[0]], group_seconds=0.0, size_slope=0.0)
+        sol = [0.0, *two]
+    fixed, inv_rate, slope_rate = sol
+    return replace(base, flops_per_s=1 / inv_rate, group_seconds=fixed / config.num_layers,
+                   size_slope=slope_rate / inv_rate)
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Exact solve of a small square system (Gaussian elimination with pivoting); None if singular."""
+    n = len(b)
+    if n == 0 or len(a) != n:
+        return None
+    m = [row[:] + [rhs] for row, rhs in zip(a, b, strict=True)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if abs(m[pivot][col]) < 1e-300:
+            return None
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(n):
+            if r != col:
+                f = m[r][col] / m[col][col]
+                m[r] = [x - f * y for x, y in zip(m[r], m[col], strict=True)]
+    return [m[i][n] / m[i][i] for i in range(n)]

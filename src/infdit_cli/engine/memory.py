@@ -43,23 +43,25 @@ def kv_staging_bytes(config: ModelConfig, grid: tuple[int, int], n: int, dtype: 
 def group_activation_bytes(config: ModelConfig, rows: int, cols: int, dtype: torch.dtype) -> int:
     """Peak live activations of one forward over a rows×cols block group (the whole image is one group).
 
-    Read off `UniBALayer.forward`, which frees each intermediate once used: the gathered keys and
-    values (four segments each, 8·C per token, reused by every layer) plus the largest of the
-    projections (the layer's input, QKV, normed and rotated q/k), the attention (input, q, output),
-    the MLP (input, new x, modulated input, fc1 and GELU outputs) and layer 0's LR cross attention.
-    Attention kernels that never build the score matrix are assumed (CPU flash, CUDA flash/cuDNN).
-    Checked against the allocator in tests/test_bench.py.
+    Read off `UniBALayer.forward`, which frees each intermediate once used: the peak is the largest
+    of the projections (the layer's input, QKV, normed and rotated q/k), the gather (input, q, k, v
+    and the four-segment keys and values, 8·C per token), the attention (input, q, keys, values,
+    output), the MLP (the layer's input, new x, modulated input, fc1 and GELU outputs) and layer 0's
+    LR cross attention; the LR windows live through every layer. Attention kernels that never build
+    the score matrix are assumed (CPU flash, CUDA flash/cuDNN). Checked against the allocator in
+    tests/test_bench.py.
     """
     s, t = element_size(dtype), config.block_tokens**2
     c, m = config.hidden_size, config.mlp_hidden
     tok = rows * cols * t
     w = (3 * config.lr_block_tokens) ** 2 * rows * cols if config.cross_lr else 0  # LR window tokens
-    held = tok * s * 8 * c + w * c * s  # gathered K/V and the LR windows live through every layer
+    held = w * c * s
     project = tok * s * 9 * c
-    attend = tok * s * 3 * c
+    gather = tok * s * 12 * c
+    attend = tok * s * 11 * c
     mlp = tok * s * (4 * c + 2 * m)
     cross = tok * s * 6 * c + 3 * w * c * s if config.cross_lr else 0  # + the window K/V and normed K
-    return int(held + max(project, attend, mlp, cross))
+    return int(held + max(project, gather, attend, mlp, cross))
 
 
 def io_bytes(width: int, height: int) -> int:

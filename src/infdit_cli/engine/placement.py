@@ -4,10 +4,11 @@ image-sized state lives, from closed-form memory (engine/memory.py) and a closed
 Every n from 1 to the grid's longer side is priced with every placement (a few hundred plans for
 a 16384² image, well under a millisecond each); among the plans whose device peak fits the budget
 the fastest is chosen. Speed model (`SpeedModel`): per group a fixed dispatch cost plus the
-group's FLOPs at the device's rate times an efficiency that depends on the group size: on CUDA
-small groups leave the GPU idle (efficiency g/(g + 0.9) for g blocks, fitted to the H200
-measurements: 16 blocks 298 TFLOP/s, 64 blocks 310); on CPUs large groups spill out of the
-caches (efficiency 1/(1 + 0.075·log2 g), fitted to `infdit bench` on a 2-core EPYC).
+group's FLOPs at the device's rate times an efficiency that depends on the group size. The
+warm-up (estimate.py) measures all three on the machine at hand; before it, priors: on CUDA small
+groups leave the GPU idle (efficiency g/(g + 0.9) for g blocks, fitted to the H200 measurements:
+16 blocks 298 TFLOP/s, 64 blocks 310); on CPUs large groups spill out of the caches (efficiency
+1/(1 + 0.075·log2 g), `infdit bench` on an idle 2-core EPYC; a busy one can invert it).
 A host-resident band costs its per-layer copies over PCIe; host-resident sampler state costs
 little on CUDA (one group's pixels in and out per call) and nothing on a CPU, where it is the
 same memory: it is chosen whenever the state would otherwise be more than a tenth of the device
@@ -47,6 +48,7 @@ class SpeedModel:
     group_seconds: float  # fixed cost per group and layer (dispatch, launches)
     cuda: bool
     host_bytes_per_s: float = 20e9  # pinned host <-> device copies
+    size_slope: float | None = None  # calibrated: per-block cost grows by this × log2(group blocks)
 
     @classmethod
     def for_device(cls, device_type: str, flops_per_s: float | None = None) -> SpeedModel:
@@ -56,6 +58,8 @@ class SpeedModel:
 
     def efficiency(self, blocks: int) -> float:
         """Fraction of the calibrated rate a group of `blocks` blocks reaches."""
+        if self.size_slope is not None:  # measured on this machine (negative: big groups run better)
+            return 1.0 / max(0.25, 1.0 + self.size_slope * math.log2(max(blocks, 1)))
         if self.cuda:
             return blocks / (blocks + 0.9)
         return 1.0 / (1.0 + 0.075 * math.log2(max(blocks, 1)))

@@ -70,7 +70,6 @@ class StreamNeighbourhood:
         self.corner = alloc() if group_rows > 1 and group_cols > 1 else None
         self.band_bytes = sum(t.numel() * t.element_size() for t in (self.top, self.left, self.corner)
                               if t is not None)
-        self._buffers: dict[str, Tensor] = {}
         self.rows = range(0)
         self.cols = range(0)
         self.last_row = self.last_col = False
@@ -89,18 +88,6 @@ class StreamNeighbourhood:
         if self.corner is not None:
             self.corner.zero_()
 
-    def _buffer(self, name: str, like: Tensor) -> Tensor:
-        """A flat gather buffer reused by every layer and group (sized for the largest group)."""
-        need = like.numel() * 4
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < need or buf.dtype != like.dtype:
-            n = self.n
-            per_block = like[0, 0, 0].numel() if like.shape[1] and like.shape[2] else 0
-            size = max(need, like.shape[0] * min(n, self.grid[0]) * min(n, self.grid[1]) * per_block * 4)
-            buf = torch.empty(size, dtype=like.dtype, device=like.device)
-            self._buffers[name] = buf
-        return buf
-
     def gather(self, layer: int, k: Tensor, v: Tensor, key_pos: Tensor | None) -> tuple[Tensor, Tensor]:
         """Keys/values [B, X, Y, 4T, H, D] of the group, then keep what later groups read."""
         r0, c0, c1 = self.rows.start, self.cols.start, self.cols.stop
@@ -113,8 +100,8 @@ class StreamNeighbourhood:
                 left = self._read(self.left, layer, which, slice(0, own.shape[1]))
                 corner = left[:, 0] if r0 == 0 else self._read(self.corner, layer, which, None)
             edges.append((top, left, corner))
-        keys = gather_neighbours(k, *edges[0], key_pos, self._buffer("k", k))
-        values = gather_neighbours(v, *edges[1], None, self._buffer("v", v))
+        keys = gather_neighbours(k, *edges[0], key_pos)
+        values = gather_neighbours(v, *edges[1])
         self._advance(layer, k, v, edges[0][0], edges[1][0])
         return keys, values
 
@@ -144,6 +131,5 @@ class StreamNeighbourhood:
             self.left[layer, 1][:, :nr].copy_(v[:, :, -1], non_blocking=True)
 
     def device_bytes(self) -> int:
-        """Bytes this neighbourhood holds on the compute device: the band (if there) and the gather buffers."""
-        held = sum(b.numel() * b.element_size() for b in self._buffers.values())
-        return held + (self.band_bytes if self.on_device else 0)
+        """Bytes this neighbourhood holds on the compute device: the band, if it lives there."""
+        return self.band_bytes if self.on_device else 0

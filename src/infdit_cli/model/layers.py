@@ -106,7 +106,11 @@ class UniBALayer(nn.Module):
         pos = None if self.block_pos is None else self.block_pos.to(k.dtype)  # keys only, one per segment
         keys, values = neighbourhood.gather(layer, k, v, pos)
         del k, v
-        return self.finish(x, mod, q, keys, values, cross, lr_windows)
+        # Handed over in a list that `finish` empties: arguments would stay referenced from this frame
+        # through the MLP and the cross attention (9·C per token for nothing).
+        parts = [q, keys, values]
+        del q, keys, values
+        return self.finish(x, mod, parts, cross, lr_windows)
 
     def project(self, x: Tensor, mod: Tensor, rope: tuple[AxisTables, AxisTables]) -> tuple[Tensor, Tensor, Tensor]:
         """adaLN-modulated pre-norm, QKV, QK-LN and RoPE: q, k, v [B, X, Y, T, H, D]."""
@@ -117,11 +121,14 @@ class UniBALayer(nn.Module):
         del a
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
-        return apply_rope(q, *rope), apply_rope(k, *rope), v
+        # v alone keeps the fused QKV output alive through the gather: copy it out so that can go.
+        return apply_rope(q, *rope), apply_rope(k, *rope), v.contiguous()
 
-    def finish(self, x: Tensor, mod: Tensor, q: Tensor, keys: Tensor, values: Tensor,
-               cross: CrossLRAttention | None = None, lr_windows: Tensor | None = None) -> Tensor:
-        """Attention over the gathered keys/values, output projection, optional cross-LR, MLP."""
+    def finish(self, x: Tensor, mod: Tensor, parts: list[Tensor], cross: CrossLRAttention | None = None,
+               lr_windows: Tensor | None = None) -> Tensor:
+        """Attention over the gathered keys/values ([q, keys, values], emptied), projection, cross-LR, MLP."""
+        q, keys, values = parts
+        parts.clear()
         b, nx, ny, t, c = x.shape
         n, heads = b * nx * ny, (self.num_heads, self.head_dim)
         shift_mlp, scale_mlp = mod.chunk(4, dim=-1)[2:]

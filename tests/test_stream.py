@@ -23,21 +23,29 @@ def _inputs(cfg, rows: int, cols: int, seed: int = 0):
     return net_in, lr, vector, torch.tensor([0.1])
 
 
-@pytest.fixture(scope="module", params=["golden", "random"])
-def model(request):
-    """The golden tiny weights (skipped without the golden folder), and a random small-block config
-    (no CLIP, 4 heads of 16) that always runs, so streamed = whole is tested on every checkout."""
-    if request.param == "golden":
-        return request.getfixturevalue("golden_model")
+@pytest.fixture(scope="module")
+def random_model() -> InfDiT:
+    """A random small-block config (no CLIP, 4 heads of 16): runs on every checkout, golden folder or not."""
     cfg = small_block(num_layers=2, num_heads=4, hidden_size=64, mlp_hidden=128)
     return InfDiT(cfg).init_random(7).eval()
 
 
-@pytest.mark.parametrize(
-    ("rows", "cols", "block_batches"),
-    [(1, 1, [1, 2]), (1, 5, [1, 2, 3, 4]), (5, 1, [1, 2, 3, 4]), (3, 4, [1, 2, 3, 4]), (5, 7, [3])],
-)
-def test_streamed_equals_whole_image(model, rows, cols, block_batches):
+GRIDS = [(1, 1, [1, 2]), (1, 5, [1, 2, 3, 4]), (5, 1, [1, 2, 3, 4]), (3, 4, [1, 2, 3, 4]), (5, 7, [3])]
+
+
+@pytest.mark.parametrize(("rows", "cols", "block_batches"), GRIDS)
+def test_streamed_equals_whole_image(random_model, rows, cols, block_batches):
+    _check_streamed_equals_whole(random_model, rows, cols, block_batches)
+
+
+@pytest.mark.parametrize(("rows", "cols", "block_batches"), [GRIDS[0], GRIDS[3]])
+def test_streamed_equals_whole_image_golden_weights(golden_model, rows, cols, block_batches):
+    """The same with the official golden weights (128-px blocks, CLIP on): two grids suffice here, as
+    test_golden_network holds every n against the official code."""
+    _check_streamed_equals_whole(golden_model, rows, cols, block_batches)
+
+
+def _check_streamed_equals_whole(model, rows, cols, block_batches):
     net_in, lr, vector, c_noise = _inputs(model.config, rows, cols)
     reference = WholeImageRunner(model, lr, vector)(net_in, c_noise)
     for n in block_batches:

@@ -1,6 +1,7 @@
 """Time estimates that hold on the machine at hand: the speed model calibrated by a short warm-up.
 
-Three small groups of the real engine are timed (1, 2×2 and 4×4 blocks; the first two layers
+Three small groups of the real engine are timed (about 1k, 4k and 16k tokens: 1, 2×2 and 4×4
+blocks of the released model; the first two layers
 only when a block is slow, e.g. the x4 model on a CPU), after an untimed run that pays one-off
 costs. They fix the three unknowns of `SpeedModel`: the FLOP rate, the fixed cost per group and
 layer, and how the per-block cost moves with the group size (caches on a CPU, occupancy on a GPU;
@@ -31,8 +32,8 @@ class Calibration:
     """What the warm-up measured, and the speed model it implies."""
 
     speed: SpeedModel
-    block_seconds: float  # one block alone, every layer
-    group4_seconds: float  # a 2×2 group, every layer (a 4×4 group was timed too)
+    block_seconds: float  # per block in the smallest timed group, every layer
+    group4_seconds: float  # the second timed group (2×2 blocks of 32×32 tokens), every layer
     noise_seconds_per_block: float
     warmup_seconds: float  # what calibrating cost
 
@@ -99,7 +100,7 @@ class TimeEstimator:
         layers = 2 if probe > SLOW_BLOCK_SECONDS and cfg.num_layers > 2 else None
         compiled = getattr(self.net, "compiled", False)
         times = {}
-        for side, repeats in ((1, 2), (2, 2), (4, 1)):
+        for side, repeats in zip(calibration_sides(cfg), (2, 2, 1), strict=True):
             if compiled:
                 self.time_square(side, layers)  # untimed: compiles this group shape
             times[side * side] = min(self.time_square(side, layers) for _ in range(repeats))
@@ -108,22 +109,36 @@ class TimeEstimator:
         block_noise(0, 0, (1, cfg.image_channels, 2 * cfg.block_size, 2 * cfg.block_size), cfg.block_size,
                     self.device)
         noise = (self.clock() - n0) / 4
-        return Calibration(speed, times[1], times[4], noise, self.clock() - start)
+        first, second = sorted(times)[:2]
+        return Calibration(speed, times[first] / first, times[second], noise, self.clock() - start)
+
+
+def calibration_sides(config: ModelConfig) -> tuple[int, int, int]:
+    """Group sides to time: about 1k, 4k and 16k tokens (1, 2×2, 4×4 blocks of 32×32 tokens)."""
+    t = config.block_tokens**2
+    sides = [max(1, round(math.sqrt(tokens / t))) for tokens in (1024, 4096, 16384)]
+    for i in (1, 2):  # three distinct sizes even for very large blocks
+        sides[i] = max(sides[i], sides[i - 1] + 1)
+    return sides[0], sides[1], sides[2]
 
 
 def fit_speed(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:
     """The speed model through measured group times {blocks: seconds} (1, 4 and 16 blocks).
 
     t(g) = L·o + g·(F/r)·(1 + s·log2 g): fixed cost o per group and layer, rate r, size slope s,
-    solved exactly from three points; a negative fixed cost (noise) is refitted with o = 0.
+    solved exactly from three points; a negative fixed cost (noise) is refitted with o = 0 by least
+    squares over the same points.
     """
     per_block = flops_per_call(config, (1, 1))
     base = SpeedModel.for_device(device_type)
     gs = sorted(times)
     rows = [[1.0, g * per_block, g * per_block * math.log2(g)] for g in gs]
     sol = _solve(rows, [times[g] for g in gs])
-    if sol is None or sol[0] < 0 or sol[1] <= 0:
-        two = _solve([r[1:] for r in rows[:2]], [times[g] for g in gs[:2]]) if len(gs) >= 2 else None
+    if sol is None or sol[0] < 0 or sol[1] <= 0:  # no visible fixed cost: least squares with o = 0
+        a = [r[1:] for r in rows]
+        b = [times[g] for g in gs]
+        normal = [[sum(r[i] * r[j] for r in a) for j in range(2)] for i in range(2)]
+        two = _solve(normal, [sum(r[i] * y for r, y in zip(a, b, strict=True)) for i in range(2)])
         if two is None or two[0] <= 0:
             return replace(base, flops_per_s=per_block / times[gs[0]], group_seconds=0.0, size_slope=0.0)
         sol = [0.0, *two]

@@ -38,6 +38,9 @@ from infdit_cli.engine.memory import (
 PLACES = ("device", "host")
 ACTIVATION_SLACK = 1.25  # allocator rounding and short-lived temporaries above the formula
 FLAT_STATE_FRACTION = 0.1  # state above this fraction of the device peak goes to the host
+# Plans estimated within this fraction of the fastest count as equally fast (the estimate's own
+# spread on a busy machine); of those the largest n wins: fewer groups, less dispatch per block.
+NEAR_TIE = 0.1
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ def plan_placement(
 ) -> Plan:
     """The fastest plan whose device peak fits `budget`; fixed n / band / state where given.
 
+    Plans within `NEAR_TIE` of the fastest estimate are a tie, won by the largest n.
     Sampler state goes to the host when it would be more than a tenth of the device peak (device
     memory flat in height), and always on a CPU, where host and device are the same memory.
     """
@@ -161,7 +165,9 @@ def plan_placement(
                 candidates.append(Plan(n, b, s, dev, host, budget, seconds, dev <= budget))
     fitting = [p for p in candidates if p.fits]
     if fitting:
-        return min(fitting, key=lambda p: (p.seconds_per_call, p.device_bytes, p.block_batch))
+        fastest = min(p.seconds_per_call for p in fitting)
+        near = [p for p in fitting if p.seconds_per_call <= fastest * (1 + NEAR_TIE)]
+        return max(near, key=lambda p: (p.block_batch, -p.seconds_per_call, -p.device_bytes))
     return min(candidates, key=lambda p: (p.device_bytes, p.seconds_per_call))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -66,3 +67,23 @@ def test_lazy_bench_command_parses_and_runs_its_own_help() -> None:
     assert res.exit_code == 0 and "--resolution" in res.output and "--block-batch" in res.output
     bad = runner.invoke(app, ["bench", "--no-such-option"])
     assert bad.exit_code == 2 and "No such option" in bad.output
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    (["upscale"], ["[default: (the model's, else 20)]", "[default: (the model's, else heun-edm)]",
+                   "[default: (the model's, else 0.002)]", "[default: (the model's, else 40)]",
+                   "[default: (the model's, else 7)]", "[default: (the model's, else 0)]",
+                   "org/name[@rev]", "<auto|fp32|bf16|fp16>", "[default: 4]"]),
+    (["convert"], ["-o", "--output", "<auto|fp32|bf16|fp16>", "[required]"]),
+    (["init-model"], ["-o", "--output", "<auto|fp32|bf16|fp16>", "[default: 0]"]),
+])
+def test_help_shows_every_default_and_choice(command: list[str], shown: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    for text in shown:
+        assert text in res.output, text
+    assert not re.search(r"\w \.(\s|$)", res.output)  # "Sampler steps ." = a default eaten as rich markup

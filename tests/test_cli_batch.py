@@ -118,6 +118,9 @@ def test_progress_eta_from_measured_speed() -> None:
     p.layer_done(10.0)
     assert p.completed == 20 and p.eta() == pytest.approx(10.0)
     assert console.file.getvalue().splitlines() == ["x.png: 25% (10/40 block-calls), 10 s elapsed, ~30 s left"]
+    now[0] = 130.0
+    p.blocks_done(30)
+    assert p.line() == "x.png: 100% (40/40 block-calls), 30 s elapsed"
     assert format_duration(3725) == "1 h 02 min" and format_duration(65) == "1 min 05 s"
 
 

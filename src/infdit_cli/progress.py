@@ -98,7 +98,7 @@ class ImageProgress:
         """The plain progress line: name, percent, units, elapsed, ETA."""
         pct = 100.0 * self.completed / self.total if self.total else 100.0
         eta = self.eta()
-        left = "" if eta is None else f", ~{format_duration(eta)} left"
+        left = "" if eta is None or self.completed >= self.total else f", ~{format_duration(eta)} left"
         return (f"{self.name}: {pct:.0f}% ({self.completed:.0f}/{self.total:.0f} block-calls), "
                 f"{format_duration(self.clock() - self._start)} elapsed{left}")
 

@@ -1,7 +1,7 @@
 """Time estimates that hold on the machine at hand: the speed model calibrated by a short warm-up.
 
-Three small groups of the real engine are timed (about 1k, 4k and 16k tokens: 1, 2×2 and 4×4
-blocks of the released model; the first two layers
+Three small groups of the real engine are timed (one block, then about 4k and 16k tokens: 1, 2×2
+and 4×4 blocks of the released model; the first two layers
 only when a block is slow, e.g. the x4 model on a CPU), after an untimed run that pays one-off
 costs. They fix the three unknowns of `SpeedModel`: the FLOP rate, the fixed cost per group and
 layer, and how the per-block cost moves with the group size (caches on a CPU, occupancy on a GPU;
@@ -114,9 +114,10 @@ class TimeEstimator:
 
 
 def calibration_sides(config: ModelConfig) -> tuple[int, int, int]:
-    """Group sides to time: about 1k, 4k and 16k tokens (1, 2×2, 4×4 blocks of 32×32 tokens)."""
+    """Group sides to time: one block (the fixed cost per group shows), then about 4k and 16k tokens
+    (1, 2×2, 4×4 blocks of 32×32 tokens; 1, 8×8, 16×16 blocks of 8×8 tokens)."""
     t = config.block_tokens**2
-    sides = [max(1, round(math.sqrt(tokens / t))) for tokens in (1024, 4096, 16384)]
+    sides = [1] + [max(1, round(math.sqrt(tokens / t))) for tokens in (4096, 16384)]
     for i in (1, 2):  # three distinct sizes even for very large blocks
         sides[i] = max(sides[i], sides[i - 1] + 1)
     return sides[0], sides[1], sides[2]

@@ -169,3 +169,15 @@ def test_layer_ticks_count_blocks_and_remove_their_hooks() -> None:
     assert all(not b._forward_hooks for b in net.blocks)
     net(torch.zeros(1, 2, 3, 5, 7))
     assert p.completed == pytest.approx(6.0)
+
+
+def test_truncated_png_is_reported_before_the_model_loads(model_dir, tmp_path):
+    data = image(tmp_path / "whole.png", 40, 30).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    res = runner.invoke(app, ["upscale", str(tmp_path / "whole.png"), str(tmp_path / "cut.png"), "--model",
+                              str(model_dir), "--steps", "1"])
+    assert res.exit_code == 1
+    lines = res.stderr.splitlines()
+    cut = next(i for i, ln in enumerate(lines) if "cut.png" in ln and "truncated or corrupt" in ln)
+    assert cut < next(i for i, ln in enumerate(lines) if ln.startswith("model "))
+    assert (tmp_path / "whole_x4.png").is_file() and not (tmp_path / "cut_x4.png").exists()

@@ -60,7 +60,11 @@ def load_image(path: str | Path) -> LoadedImage:
 
 
 def check_header(path: str | Path) -> None:
-    """InputError unless `path` opens as an image we read, within the pixel limit; pixels are not decoded."""
+    """InputError unless `path` opens as an image we read, within the pixel limit, and its structure checks out.
+
+    Pixels are not decoded (cheap enough to run on a whole batch first): a truncated PNG is caught
+    here by its chunk checksums; formats without them (a cut-off JPEG) fail later, in `load_image`.
+    """
     path = Path(path)
     _check_readable(path)
     try:
@@ -68,6 +72,7 @@ def check_header(path: str | Path) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=read_formats()) as im:
                 _check_pixels(path, im.size)
+                im.verify()  # structure and checksums without decoding pixels (PNG: every chunk's CRC)
     except InputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

@@ -7,6 +7,7 @@ left; `forward` is the whole-image path (one group covering the image, replicate
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,44 @@ class InfDiT(nn.Module):
     def init_random(self, seed: int = 0) -> InfDiT:
         """Overwrite every parameter with seeded noise so that every path contributes (tests, benchmarks)."""
         fan_in_normal_(self, torch.Generator().manual_seed(seed))
+        return self
+
+    def initialize_weights(self, seed: int = 0) -> InfDiT:
+        """DiT-style start for training: Xavier matrices, zero biases, and zeroed adaLN modulation
+        and output layer, so the untrained model's F is 0 and the denoiser returns (nearly) its input.
+
+        Distinct from `init_random`, whose every path is non-zero so that tests see every term.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    w = module.weight.view(module.weight.shape[0], -1)
+                    bound = math.sqrt(6 / (w.shape[0] + w.shape[1]))
+                    w.copy_((torch.rand(w.shape, generator=gen) * 2 - 1) * bound)
+                    if module.bias is not None:
+                        module.bias.zero_()
+            for fc in (self.t_embed.fc1, self.t_embed.fc2):
+                fc.weight.copy_(torch.randn(fc.weight.shape, generator=gen) * 0.02)
+            zeroed = [blk.adaln for blk in self.blocks] + [self.final.adaln, self.final.linear]
+            for module in zeroed:
+                module.weight.zero_()
+                module.bias.zero_()
+        return self
+
+    def compile_layers(self) -> InfDiT:
+        """`torch.compile` every layer's two pure tensor steps (`project`, `finish`), static shapes.
+
+        The neighbourhood's gather stays eager (it reads Python-side state). Each group shape gets
+        its own graph (at most four per image: interior and ragged edges); layers share graphs.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        for blk in self.blocks:
+            blk.project = torch.compile(blk.project, dynamic=False)  # type: ignore[method-assign]
+            blk.finish = torch.compile(blk.finish, dynamic=False)  # type: ignore[method-assign]
+        self.compiled = True
         return self
 
     def num_parameters(self) -> int:

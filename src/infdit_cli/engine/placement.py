@@ -38,9 +38,11 @@ from infdit_cli.engine.memory import (
 PLACES = ("device", "host")
 ACTIVATION_SLACK = 1.25  # allocator rounding and short-lived temporaries above the formula
 FLAT_STATE_FRACTION = 0.1  # state above this fraction of the device peak goes to the host
-# Plans estimated within this fraction of the fastest count as equally fast (the estimate's own
-# spread on a busy machine); of those the largest n wins: fewer groups, less dispatch per block.
-NEAR_TIE = 0.1
+# Plans estimated within this fraction of the fastest count as equally fast. On a CPU (10%: the
+# estimate's own spread on a busy machine) the largest n of those wins: fewer groups, less dispatch
+# per block, and memory is plentiful. On CUDA (3%: the GPU saturates from a few dozen blocks on) the
+# smallest device peak wins, leaving headroom (4096² with the x4 model: n=6, about 8 GB).
+NEAR_TIE = {"cpu": 0.10, "cuda": 0.03}
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ def plan_placement(
 ) -> Plan:
     """The fastest plan whose device peak fits `budget`; fixed n / band / state where given.
 
-    Plans within `NEAR_TIE` of the fastest estimate are a tie, won by the largest n.
+    Plans within `NEAR_TIE` of the fastest estimate are a tie, won by the largest n on a CPU and by
+    the smallest device peak on CUDA.
     Sampler state goes to the host when it would be more than a tenth of the device peak (device
     memory flat in height), and always on a CPU, where host and device are the same memory.
     """
@@ -166,7 +169,10 @@ def plan_placement(
     fitting = [p for p in candidates if p.fits]
     if fitting:
         fastest = min(p.seconds_per_call for p in fitting)
-        near = [p for p in fitting if p.seconds_per_call <= fastest * (1 + NEAR_TIE)]
+        cuda = device_type == "cuda"
+        near = [p for p in fitting if p.seconds_per_call <= fastest * (1 + NEAR_TIE["cuda" if cuda else "cpu"])]
+        if cuda:
+            return min(near, key=lambda p: (p.device_bytes, p.seconds_per_call))
         return max(near, key=lambda p: (p.block_batch, -p.seconds_per_call, -p.device_bytes))
     return min(candidates, key=lambda p: (p.device_bytes, p.seconds_per_call))
 

@@ -18,6 +18,7 @@ from infdit_cli.progress import ImageProgress, format_duration
 from tests.models import write_tiny_model
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("calibrate_once")
 
 
 @pytest.fixture(scope="module")

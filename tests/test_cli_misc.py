@@ -14,6 +14,7 @@ from infdit_cli.weights import load_model
 from tests.models import write_tiny_model
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("calibrate_once")
 
 
 def test_samplers_lists_builtins_with_package_and_nfe():

@@ -18,6 +18,7 @@ from infdit_cli.cli import app
 from tests.models import small_block, write_hub_cache, write_tiny_clip_model, write_tiny_model
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("calibrate_once")
 FAST = ["--steps", "1", "--quiet"]
 
 

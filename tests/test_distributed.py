@@ -203,8 +203,10 @@ def test_torchrun_shares_files_by_pixels_skips_done_ones_and_reports_a_bad_one(t
     sizes = {"a": (40, 24), "b": (64, 16), "c": (20, 20), "d": (53, 21), "e": (8, 8), "f": (12, 30)}
     for i, (name, (w, h)) in enumerate(sizes.items()):
         write_image(folder / f"{name}.png", w, h, seed=i)
-    whole = write_image(tmp_path / "whole.png", 64, 17).read_bytes()
-    (folder / "broken.png").write_bytes(whole[: len(whole) // 2])  # a good header, truncated pixels
+    # A JPEG with a good header and truncated pixels: it passes rank 0's up-front check (a cut PNG would
+    # fail there, on its chunk checksums) and fails only when the rank it went to decodes it.
+    whole = write_image(tmp_path / "whole.jpg", 64, 17).read_bytes()
+    (folder / "broken.jpg").write_bytes(whole[: len(whole) // 2])
     out = tmp_path / "out"
     out.mkdir()
     (out / "e_x4.png").write_bytes(b"done by an earlier run")  # a restarted job: kept, not redone
@@ -230,7 +232,7 @@ def test_torchrun_shares_files_by_pixels_skips_done_ones_and_reports_a_bad_one(t
     assert summary["skipped"] == 1 and (out / "e_x4.png").read_bytes() == b"done by an earlier run"
     # The second-largest file by header size goes to rank 1, which reports it to rank 0's summary.
     assert summary["failed"] == 1 and summary["failures"][0]["rank"] == 1
-    assert "broken.png" in summary["failures"][0]["input"] and "error: rank 1:" in stderr
+    assert "broken.jpg" in summary["failures"][0]["input"] and "error: rank 1:" in stderr
     assert summary["ranks"] == 2
     for name in done:
         w, h = sizes[name]

@@ -12,6 +12,8 @@ from infdit_cli.cli_common import default_model_path
 from infdit_cli.evaluate import bicubic_upscale, downscale, psnr, quantise, sharpness_ratio, shave
 from infdit_cli.pipeline import load_upscaler
 
+pytestmark = pytest.mark.usefixtures("calibrate_once")
+
 
 @pytest.fixture(scope="module")
 def upscaler():

@@ -64,12 +64,12 @@ def test_known_case_constant_image(tmp_path):
     assert report.mean()["psnr"] == score.psnr
 
 
-def test_evaluate_tiny_model_is_finite(tmp_path):
+def test_evaluate_tiny_model_end_to_end(tmp_path):
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:128, 0:160]
     img = 127 + 90 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None] + rng.normal(0, 10, (128, 160, 3))
     save(tmp_path / "a" / "wave.png", img.clip(0, 255))
-    model = InfDiT(preset("tiny")).init_random(0).eval()
+    model = InfDiT(preset("tiny", block_size=32)).init_random(0).eval()
     report = evaluate(Upscaler(model), tmp_path, UpscaleOptions(steps=2), max_side=128)
     (score,) = report.images
     assert score.size == (128, 100)  # long side shrunk to 128, then cropped to a multiple of 4

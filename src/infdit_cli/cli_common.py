@@ -26,7 +26,7 @@ from collections.abc import Callable
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -58,6 +58,38 @@ class SamplerDtype(str, Enum):
 DTYPE_HELP = "Precision: auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "Device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
+
+# Options that `upscale` and `eval` share, spelt once (defaults None = the model's own, else ours).
+ModelOption = Annotated[str | None, typer.Option(
+    help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")]
+StepsOption = Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")]
+SamplerOption = Annotated[str | None, typer.Option(
+    help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")]
+SigmaMinOption = Annotated[float | None, typer.Option(
+    help="Smallest noise level.", show_default="the model's, else 0.002")]
+SigmaMaxOption = Annotated[float | None, typer.Option(
+    help="Largest noise level.", show_default="the model's, else 40")]
+RhoOption = Annotated[float | None, typer.Option(help="Karras schedule exponent.", show_default="the model's, else 7")]
+ChurnOption = Annotated[float | None, typer.Option(
+    help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")]
+BlockBatchOption = Annotated[str | None, typer.Option(
+    help="Blocks per group side n, or auto (the fastest plan that fits the memory).", show_default="auto")]
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    help="Memory budget, e.g. 6GB.", show_default="free device memory")]
+
+
+def parse_block_batch(text: str | None) -> int | None:
+    """--block-batch: N, or auto (None: the placement planner picks the fastest plan that fits)."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise fail(f"invalid --block-batch {text!r} (use a positive integer or auto)") from None
+    if n < 1:
+        raise fail("--block-batch must be at least 1")
+    return n
+
 
 err = Console(stderr=True)
 out = Console()

@@ -18,13 +18,23 @@ import typer
 from infdit_cli.cli_common import (
     DEVICE_HELP,
     DTYPE_HELP,
+    BlockBatchOption,
+    ChurnOption,
     Dtype,
+    MaxMemoryOption,
+    ModelOption,
+    RhoOption,
+    SamplerOption,
+    SigmaMaxOption,
+    SigmaMinOption,
+    StepsOption,
     cli_errors,
     default_model_path,
     err,
     fail,
     info,
     out,
+    parse_block_batch,
     parse_dtype,
     pick_device,
 )
@@ -54,19 +64,6 @@ def _parse_overrides(items: list[str] | None) -> dict[str, object]:
         except json.JSONDecodeError:
             result[key.strip()] = value
     return result
-
-
-def _parse_block_batch(text: str) -> int | None:
-    """`auto` -> None (planned from memory), else a positive int."""
-    if text == "auto":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise typer.BadParameter(f"--block-batch expects a positive integer or auto, got {text!r}") from None
-    if n < 1:
-        raise typer.BadParameter("--block-batch must be at least 1")
-    return n
 
 
 @cli_errors
@@ -168,28 +165,21 @@ def eval_command(
     lr_folder: Annotated[Path | None, typer.Option(
         "--lr", help="Folder of LR images with the same names as the HR images in FOLDER.",
         show_default="none")] = None,
-    model: Annotated[str | None, typer.Option(
-        help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")] = None,
+    model: ModelOption = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images.", show_default="all")] = None,
     max_side: Annotated[int | None, typer.Option(
         help="Shrink each HR-only image so its long side is at most N px first.", show_default="no shrinking")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")] = None,
-    sampler: Annotated[str | None, typer.Option(
-        help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")] = None,
-    sigma_min: Annotated[float | None, typer.Option(
-        help="Smallest noise level.", show_default="the model's, else 0.002")] = None,
-    sigma_max: Annotated[float | None, typer.Option(
-        help="Largest noise level.", show_default="the model's, else 40")] = None,
-    rho: Annotated[float | None, typer.Option(
-        help="Karras schedule exponent.", show_default="the model's, else 7")] = None,
-    churn: Annotated[float | None, typer.Option(
-        help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")] = None,
+    steps: StepsOption = None,
+    sampler: SamplerOption = None,
+    sigma_min: SigmaMinOption = None,
+    sigma_max: SigmaMaxOption = None,
+    rho: RhoOption = None,
+    churn: ChurnOption = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
-    block_batch: Annotated[str, typer.Option(help="Blocks per group side n, or auto (planned from memory).")] = "auto",
-    max_memory: Annotated[str | None, typer.Option(
-        help="Memory budget, e.g. 6GB.", show_default="free device memory")] = None,
+    block_batch: BlockBatchOption = None,
+    max_memory: MaxMemoryOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """PSNR, SSIM and sharpness ratio (mean |∇| of the output / of the original) of the model and of
@@ -200,7 +190,7 @@ def eval_command(
     from infdit_cli.evaluate import evaluate
     from infdit_cli.pipeline import load_upscaler
 
-    n = _parse_block_batch(block_batch)
+    n = parse_block_batch(block_batch)
     dev = pick_device(device)
     source = model or (str(default_model_path()) if default_model_path() else None)
     if source is None:

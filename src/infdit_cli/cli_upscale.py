@@ -14,13 +14,23 @@ from infdit_cli import errors
 from infdit_cli.cli_common import (
     DEVICE_HELP,
     DTYPE_HELP,
+    BlockBatchOption,
+    ChurnOption,
     Dtype,
+    MaxMemoryOption,
+    ModelOption,
+    RhoOption,
     SamplerDtype,
+    SamplerOption,
+    SigmaMaxOption,
+    SigmaMinOption,
+    StepsOption,
     cli_errors,
     default_model_path,
     err,
     fail,
     info,
+    parse_block_batch,
     parse_dtype,
     pick_device,
     report_error,
@@ -57,8 +67,7 @@ def upscale_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     skip_existing: Annotated[bool, typer.Option(help="Skip inputs whose output exists (resume a batch).")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
-    model: Annotated[str | None, typer.Option(
-        help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")] = None,
+    model: ModelOption = None,
     clip: Annotated[str | None, typer.Option(
         help="CLIP weights: local file or hub repo (models using CLIP).",
         show_default="the model folder's, else the hub")] = None,
@@ -66,25 +75,18 @@ def upscale_command(
     prompt_neg: Annotated[str | None, typer.Option(help="Text to steer away from (e.g. 'blur').")] = None,
     prompt_scale: Annotated[float, typer.Option(help="Weight of the prompt edit of the CLIP embedding.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Noise seed; the same seed gives the same image.")] = DEFAULT_SEED,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")] = None,
-    sampler: Annotated[str | None, typer.Option(
-        help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")] = None,
-    sigma_min: Annotated[float | None, typer.Option(
-        help="Smallest noise level.", show_default="the model's, else 0.002")] = None,
-    sigma_max: Annotated[float | None, typer.Option(
-        help="Largest noise level.", show_default="the model's, else 40")] = None,
-    rho: Annotated[float | None, typer.Option(
-        help="Karras schedule exponent.", show_default="the model's, else 7")] = None,
-    churn: Annotated[float | None, typer.Option(
-        help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")] = None,
+    steps: StepsOption = None,
+    sampler: SamplerOption = None,
+    sigma_min: SigmaMinOption = None,
+    sigma_max: SigmaMaxOption = None,
+    rho: RhoOption = None,
+    churn: ChurnOption = None,
     sampler_dtype: Annotated[SamplerDtype, typer.Option(
         help="Sampler arithmetic: fp32, or bf16 as the official code.")] = SamplerDtype.fp32,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
-    block_batch: Annotated[str | None, typer.Option(
-        help="Blocks per group side n, or auto (the fastest plan that fits the memory).", show_default="auto")] = None,
-    max_memory: Annotated[str | None, typer.Option(
-        help="Memory budget, e.g. 6GB.", show_default="free device memory")] = None,
+    block_batch: BlockBatchOption = None,
+    max_memory: MaxMemoryOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Engine figures per image.")] = False,
@@ -112,7 +114,7 @@ def upscale_command(
     if overwrite and skip_existing:
         raise fail("--overwrite and --skip-existing exclude each other")
     given = _sampling_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
-                              rho=rho, churn=churn, seed=seed, block_batch=_block_batch(block_batch),
+                              rho=rho, churn=churn, seed=seed, block_batch=parse_block_batch(block_batch),
                               max_memory=max_memory,
                               prompt_pos=prompt_pos, prompt_neg=prompt_neg, prompt_scale=prompt_scale,
                               sampler_dtype=sampler_dtype)
@@ -176,16 +178,6 @@ class RunSettings:
     checkpoint: Path | None = None  # resumable sampling state, per output file
     split_image: bool = False  # under torchrun: every rank works on every image
     compile: bool = False  # torch.compile the transformer layers
-
-
-def _block_batch(text: str | None) -> int | None:
-    """--block-batch: N, or auto (None: the placement planner picks the fastest plan that fits)."""
-    if text is None or text.strip().lower() == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise fail(f"invalid --block-batch {text!r} (use a positive integer or auto)") from None
 
 
 @dataclass

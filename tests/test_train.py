@@ -177,7 +177,7 @@ def test_one_step_objective_learns_and_records_its_sampling(tmp_path):
     first, last = np.mean(result.losses[:5]), np.mean(result.losses[-5:])
     assert last < 0.8 * first  # measured: 3684 -> 2303
     model = load_model(result.model_path)
-    crop = torch.from_numpy(np.asarray(Image.open(data / "rects.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    crop = torch.from_numpy(np.array(Image.open(data / "rects.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
     assert psnr_gain(model, crop, 0.003) > 0.3  # the EMA model beats bicubic on what it saw
     assert psnr_gain(InfDiT(model.config).initialize_weights(0), crop, 0.003) == pytest.approx(0, abs=0.05)
     _, meta = read_config(result.model_path)

@@ -20,6 +20,8 @@ import struct
 import sys
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +41,9 @@ def load_image(path: str | Path) -> LoadedImage:
     try:
         # Some libraries switch Pillow to padding truncated files with grey; never while we decode.
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=read_formats()) as im:
-                _check_pixels(path, im.size)
-                return _load(path, im)
-    except InputError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InputError(f"{path}: over the decompression-bomb limit of {_limit_text()} "
-                         "(PIL.Image.MAX_IMAGE_PIXELS)") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image, or a format Pillow cannot read") from None
-    except MemoryError:
-        raise InputError(f"{path}: not enough memory to decode it") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError) as exc:
-        raise InputError(f"{path}: cannot decode, the file is truncated or corrupt ({first_line(exc)})") from None
+        with _decode_errors(path), Image.open(path, formats=read_formats()) as im:
+            _check_pixels(path, im.size)
+            return _load(path, im)
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
@@ -67,12 +56,18 @@ def check_header(path: str | Path) -> None:
     """
     path = Path(path)
     _check_readable(path)
+    with _decode_errors(path), Image.open(path, formats=read_formats()) as im:
+        _check_pixels(path, im.size)
+        im.verify()  # structure and checksums without decoding pixels (PNG: every chunk's CRC)
+
+
+@contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Pillow's many failure modes as one InputError line naming the file; decompression bombs are errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=read_formats()) as im:
-                _check_pixels(path, im.size)
-                im.verify()  # structure and checksums without decoding pixels (PNG: every chunk's CRC)
+            yield
     except InputError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -80,6 +75,8 @@ def check_header(path: str | Path) -> None:
                          "(PIL.Image.MAX_IMAGE_PIXELS)") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image, or a format Pillow cannot read") from None
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to decode it") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError) as exc:
         raise InputError(f"{path}: cannot decode, the file is truncated or corrupt ({first_line(exc)})") from None
 

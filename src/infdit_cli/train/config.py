@@ -10,8 +10,6 @@ from pathlib import Path
 from infdit_cli.config import ModelConfig, preset
 from infdit_cli.errors import InfditError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
 
 @dataclass
 class TrainConfig:

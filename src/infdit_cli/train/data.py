@@ -14,16 +14,17 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from infdit_cli import evaluate
+from infdit_cli.evaluate import IMAGE_SUFFIXES
 from infdit_cli.preprocess import bicubic_resize
-from infdit_cli.train.config import IMAGE_SUFFIXES, TrainConfig, TrainError
+from infdit_cli.train.config import TrainConfig, TrainError
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Every image below `folder`, sorted so the list (and hence the split) is reproducible."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise TrainError(f"{root}: not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not Path(folder).is_dir():
+        raise TrainError(f"{folder}: not a folder")
+    return evaluate.list_images(folder)
 
 
 def load_rgb(path: Path) -> Tensor:

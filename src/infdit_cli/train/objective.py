@@ -7,13 +7,13 @@ HR, so one denoiser call from the bicubic start is the upscale.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from infdit_cli.evaluate import psnr, quantise
 from infdit_cli.model import EDMDenoiser, InfDiT
 from infdit_cli.preprocess import upsample_lr
 from infdit_cli.train.data import make_lr
@@ -61,9 +61,8 @@ def psnr_gain(model: InfDiT, crops: Tensor, sigma: float, seed: int = 0,
     lr = make_lr(crops, model.config.sr_scale)
     gains = []
 
-    def db(a: Tensor, b: Tensor) -> float:
-        q = [((t.clamp(-1, 1) + 1) * 127.5).round() for t in (a, b)]
-        return 10 * math.log10(255.0**2 / max((q[0] - q[1]).square().mean().item(), 1e-10))
+    def db(a: Tensor, b: Tensor) -> float:  # 8-bit PSNR exactly as `infdit eval` measures it
+        return psnr(quantise((a + 1) / 2), quantise((b + 1) / 2))
 
     with torch.no_grad():
         for i in range(crops.shape[0]):

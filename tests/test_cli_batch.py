@@ -89,7 +89,8 @@ def test_json_names_model_sampler_steps_seed_and_timings(model_dir, tmp_path):
     assert out["sampler"] == "euler" and out["steps"] == 2 and out["seed"] == 5 and out["network_calls"] == 2
     t = out["timings"]
     assert set(t) == {"decode_s", "upscale_s", "encode_s"} and t["upscale_s"] > 0
-    assert out["seconds"] >= t["decode_s"] + t["upscale_s"] + t["encode_s"] - 1e-3
+    # four figures each rounded to the millisecond: the sum may exceed the whole by up to 2 ms
+    assert out["seconds"] >= t["decode_s"] + t["upscale_s"] + t["encode_s"] - 2.5e-3
 
 
 def test_plain_progress_moves_inside_one_group_and_quiet_silences_it(model_dir, tmp_path, monkeypatch):

@@ -378,5 +378,6 @@ def run_bench(
                 "sigma": BENCH_SIGMA, "dtype": dtype_name(dtype), "compile": compile,
                 "calibration": {"flops_per_s": calibration.speed.flops_per_s,
                                 "group_seconds": calibration.speed.group_seconds,
+                                "timed_groups": [{"blocks": g, "seconds": t} for g, t in calibration.speed.measured],
                                 "warmup_seconds": calibration.warmup_seconds}}
     return BenchReport(machine, model_info, settings, rows)

@@ -1,17 +1,16 @@
 """Time estimates that hold on the machine at hand: the speed model calibrated by a short warm-up.
 
-Three small groups of the real engine are timed (one block, then about 4k and 16k tokens: 1, 2×2
-and 4×4 blocks of the released model; the first two layers
-only when a block is slow, e.g. the x4 model on a CPU), after an untimed run that pays one-off
-costs. They fix the three unknowns of `SpeedModel`: the FLOP rate, the fixed cost per group and
-layer, and how the per-block cost moves with the group size (caches on a CPU, occupancy on a GPU;
-a busy CPU can reverse the sign). Block noise is timed too (drawn per block, per sampler step).
-One `TimeEstimator` serves the pre-flight line, `--json` and `infdit bench`, so they show one figure.
+Square groups of the real engine are timed after an untimed run that pays one-off costs: 1, 2×2,
+4×4, … blocks up to about 4k tokens on a CPU (1…8 blocks a side with the default model's 8×8-token
+blocks) and 16k on CUDA (1, 2 and 4 with the released model's 32×32), each the fastest of two or
+three rounds (a busy machine only ever adds time), through the first two layers only when a block
+is slow (e.g. the x4 model on a CPU). `SpeedModel` reads any group's time off that table. Block noise is timed too
+(drawn per block, per sampler step). One `TimeEstimator` serves the pre-flight line, `--json` and
+`infdit bench`, so they show one figure.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 
@@ -21,10 +20,14 @@ from infdit_cli.config import ModelConfig
 from infdit_cli.engine.noise import block_noise
 from infdit_cli.engine.placement import Plan, SpeedModel
 from infdit_cli.engine.runner import StreamedRunner, flops_per_call
-from infdit_cli.engine.timing import Clock, time_group
+from infdit_cli.engine.timing import Clock, sync, time_group
 from infdit_cli.model.network import InfDiT
 
 SLOW_BLOCK_SECONDS = 0.3  # above this per block (two layers), calibrate on the first two layers only
+# The largest timed group, in tokens. A CPU: 4k (8×8 blocks of the default model), past which a
+# 2-core EPYC runs no faster per block (64 blocks 1.68 ms each, 256 blocks 2.29 ms: caches spill) and
+# which keeps the warm-up near half a second. CUDA: 16k (4×4 blocks of x4), where the H200 saturates.
+CALIBRATION_TOKENS = {"cpu": 4096, "cuda": 16384}
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,7 @@ class Calibration:
     """What the warm-up measured, and the speed model it implies."""
 
     speed: SpeedModel
-    block_seconds: float  # per block in the smallest timed group, every layer
-    group4_seconds: float  # the second timed group (2×2 blocks of 32×32 tokens), every layer
+    block_seconds: float  # one block alone, every layer
     noise_seconds_per_block: float
     warmup_seconds: float  # what calibrating cost
 
@@ -99,68 +101,56 @@ class TimeEstimator:
         probe = self.time_square(1, layers=2)
         layers = 2 if probe > SLOW_BLOCK_SECONDS and cfg.num_layers > 2 else None
         compiled = getattr(self.net, "compiled", False)
-        times = {}
-        for side, repeats in zip(calibration_sides(cfg), (2, 2, 1), strict=True):
-            if compiled:
+        sides = calibration_sides(cfg, self.device.type)
+        if compiled:
+            for side in sides:
                 self.time_square(side, layers)  # untimed: compiles this group shape
-            times[side * side] = min(self.time_square(side, layers) for _ in range(repeats))
-        speed = fit_speed(cfg, times, self.device.type)
-        n0 = self.clock()
-        block_noise(0, 0, (1, cfg.image_channels, 2 * cfg.block_size, 2 * cfg.block_size), cfg.block_size,
+        # Rounds over every size, so that a slow spell of a shared machine touches each size alike
+        # (not all repeats of one size, which would tilt the table and the planner's choice of n).
+        # The largest group, the costliest, is timed in the first two rounds only.
+        times: dict[int, float] = {}
+        for round_ in range(3):
+            for side in sides[:-1] if round_ == 2 else sides:
+                seconds = self.time_square(side, layers)
+                times[side * side] = min(seconds, times.get(side * side, seconds))
+        speed = speed_from_timings(cfg, times, self.device.type)
+        noise = min(self._time_noise(cfg) for _ in range(3))  # the first draw pays one-off costs
+        return Calibration(speed, times[1], noise, self.clock() - start)
+
+    def _time_noise(self, cfg: ModelConfig) -> float:
+        """Seconds of one block's noise, from a 4×4-block draw."""
+        start = self.clock()
+        block_noise(0, 0, (1, cfg.image_channels, 4 * cfg.block_size, 4 * cfg.block_size), cfg.block_size,
                     self.device)
-        noise = (self.clock() - n0) / 4
-        first, second = sorted(times)[:2]
-        return Calibration(speed, times[first] / first, times[second], noise, self.clock() - start)
+        sync(self.device)
+        return (self.clock() - start) / 16
 
 
-def calibration_sides(config: ModelConfig) -> tuple[int, int, int]:
-    """Group sides to time: one block (the fixed cost per group shows), then about 4k and 16k tokens
-    (1, 2×2, 4×4 blocks of 32×32 tokens; 1, 8×8, 16×16 blocks of 8×8 tokens)."""
-    t = config.block_tokens**2
-    sides = [1] + [max(1, round(math.sqrt(tokens / t))) for tokens in (4096, 16384)]
-    for i in (1, 2):  # three distinct sizes even for very large blocks
-        sides[i] = max(sides[i], sides[i - 1] + 1)
-    return sides[0], sides[1], sides[2]
+def calibration_sides(config: ModelConfig, device_type: str = "cpu") -> tuple[int, ...]:
+    """Square group sides to time: 1, 2, 4, … blocks while a group holds at most `CALIBRATION_TOKENS`
+    tokens, and at least three sides (1, 2, 3 for large blocks)."""
+    tokens = config.block_tokens**2
+    limit = CALIBRATION_TOKENS.get(device_type, CALIBRATION_TOKENS["cpu"])
+    sides = [1]
+    while (2 * sides[-1]) ** 2 * tokens <= limit:
+        sides.append(2 * sides[-1])
+    while len(sides) < 3:
+        sides.append(sides[-1] + 1)
+    return tuple(sides)
 
 
-def fit_speed(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:
-    """The speed model through measured group times {blocks: seconds} (1, 4 and 16 blocks).
-
-    t(g) = L·o + g·(F/r)·(1 + s·log2 g): fixed cost o per group and layer, rate r, size slope s,
-    solved exactly from three points; a negative fixed cost (noise) is refitted with o = 0 by least
-    squares over the same points.
-    """
-    per_block = flops_per_call(config, (1, 1))
-    base = SpeedModel.for_device(device_type)
+def speed_from_timings(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:
+    """The speed model of timed square groups {blocks: seconds}; times made non-decreasing in size
+    (noise can time a bigger group faster), with the best rate reached and the fixed cost per group
+    and layer (from the two smallest groups) as its summary figures."""
     gs = sorted(times)
-    rows = [[1.0, g * per_block, g * per_block * math.log2(g)] for g in gs]
-    sol = _solve(rows, [times[g] for g in gs])
-    if sol is None or sol[0] < 0 or sol[1] <= 0:  # no visible fixed cost: least squares with o = 0
-        a = [r[1:] for r in rows]
-        b = [times[g] for g in gs]
-        normal = [[sum(r[i] * r[j] for r in a) for j in range(2)] for i in range(2)]
-        two = _solve(normal, [sum(r[i] * y for r, y in zip(a, b, strict=True)) for i in range(2)])
-        if two is None or two[0] <= 0:
-            return replace(base, flops_per_s=per_block / times[gs[0]], group_seconds=0.0, size_slope=0.0)
-        sol = [0.0, *two]
-    fixed, inv_rate, slope_rate = sol
-    return replace(base, flops_per_s=1 / inv_rate, group_seconds=fixed / config.num_layers,
-                   size_slope=slope_rate / inv_rate)
-
-
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    """Exact solve of a small square system (Gaussian elimination with pivoting); None if singular."""
-    n = len(b)
-    if n == 0 or len(a) != n:
-        return None
-    m = [row[:] + [rhs] for row, rhs in zip(a, b, strict=True)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
-        if abs(m[pivot][col]) < 1e-300:
-            return None
-        m[col], m[pivot] = m[pivot], m[col]
-        for r in range(n):
-            if r != col:
-                f = m[r][col] / m[col][col]
-                m[r] = [x - f * y for x, y in zip(m[r], m[col], strict=True)]
-    return [m[i][n] / m[i][i] for i in range(n)]
+    measured: list[tuple[int, float]] = []
+    for g in gs:
+        measured.append((g, max(times[g], measured[-1][1] if measured else 0.0)))
+    per_block = flops_per_call(config, (1, 1))
+    rate = max(g * per_block / t for g, t in measured if t > 0) if any(t > 0 for _, t in measured) else 0.0
+    (g0, t0), (g1, t1) = measured[0], measured[1] if len(measured) > 1 else measured[0]
+    fixed = max(0.0, t0 - g0 * (t1 - t0) / (g1 - g0)) if g1 > g0 else 0.0
+    base = SpeedModel.for_device(device_type)
+    return replace(base, flops_per_s=rate or base.flops_per_s, group_seconds=fixed / config.num_layers,
+                   measured=tuple(measured))

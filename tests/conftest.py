@@ -31,6 +31,16 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: two threads on two shared cores (and beside other test processes) make
+    every small op wait for a descheduled thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     path = Path(os.environ.get("INFDIT_GOLDEN_DIR", DEFAULT_GOLDEN))

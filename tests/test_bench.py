@@ -41,13 +41,7 @@ MACHINE_FIELDS = {"cpu_model", "cpu_cores", "torch_version", "device", "device_n
                   "matmul_peak_tflops"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two shared cores make every small op wait for a descheduled thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 class FakeClock:

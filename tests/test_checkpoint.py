@@ -141,15 +141,6 @@ def test_ranks_resume_from_the_step_they_all_have(tmp_path):
     assert math.isfinite(out.abs().max().item())
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors on two shared cores: one thread, or the other processes make every op wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_cli_interrupted_then_resumed_writes_the_uninterrupted_png(tmp_path, monkeypatch, one_thread):
     """Ctrl-C after 3 network calls keeps the checkpoint; another seed is refused in one line; the same
     command resumes from the saved step and writes the same bytes as a run that was never stopped."""

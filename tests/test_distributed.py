@@ -74,17 +74,6 @@ def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.strip()]
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs beside the rank processes: one thread each, or the two cores thrash."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from infdit_cli.model import InfDiT

@@ -4,9 +4,9 @@ Square groups of the real engine are timed after an untimed run that pays one-of
 4×4, … blocks up to about 4k tokens on a CPU (1…8 blocks a side with the default model's 8×8-token
 blocks) and 16k on CUDA (1, 2 and 4 with the released model's 32×32), each the fastest of two or
 three rounds (a busy machine only ever adds time), through the first two layers only when a block
-is slow (e.g. the x4 model on a CPU). `SpeedModel` reads any group's time off that table. Block noise is timed too
-(drawn per block, per sampler step). One `TimeEstimator` serves the pre-flight line, `--json` and
-`infdit bench`, so they show one figure.
+is slow (e.g. the x4 model on a CPU). `SpeedModel` reads any group's time off that table. Block
+noise is timed too (drawn per block, per sampler step). One `TimeEstimator` serves the pre-flight
+line, `--json` and `infdit bench`, so they show one figure.
 """
 
 from __future__ import annotations
@@ -143,13 +143,12 @@ def speed_from_timings(config: ModelConfig, times: dict[int, float], device_type
     """The speed model of timed square groups {blocks: seconds}; times made non-decreasing in size
     (noise can time a bigger group faster), with the best rate reached and the fixed cost per group
     and layer (from the two smallest groups) as its summary figures."""
-    gs = sorted(times)
     measured: list[tuple[int, float]] = []
-    for g in gs:
+    for g in sorted(times):
         measured.append((g, max(times[g], measured[-1][1] if measured else 0.0)))
     per_block = flops_per_call(config, (1, 1))
-    rate = max(g * per_block / t for g, t in measured if t > 0) if any(t > 0 for _, t in measured) else 0.0
-    (g0, t0), (g1, t1) = measured[0], measured[1] if len(measured) > 1 else measured[0]
+    rate = max((g * per_block / t for g, t in measured if t > 0), default=0.0)
+    (g0, t0), (g1, t1) = measured[0], measured[min(1, len(measured) - 1)]
     fixed = max(0.0, t0 - g0 * (t1 - t0) / (g1 - g0)) if g1 > g0 else 0.0
     base = SpeedModel.for_device(device_type)
     return replace(base, flops_per_s=rate or base.flops_per_s, group_seconds=fixed / config.num_layers,

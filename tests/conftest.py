@@ -1,4 +1,8 @@
-"""Shared fixtures: the official golden folder (INFDIT_GOLDEN_DIR) and models converted from it."""
+"""Shared fixtures: the official golden folder (INFDIT_GOLDEN_DIR) and models converted from it.
+
+The golden case ships in tests/golden/ (a trimmed copy of the official data), so every clone runs the
+parity tests; a parity test that skips fails the run (tests/parity_guard.py).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from infdit_cli.model import InfDiT
 from infdit_cli.official import convert_state_dict, infer_config
 from infdit_cli.weights import expected_shapes
 
-DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "official-tiny"
+pytest_plugins = ["tests.parity_guard", "pytester"]
+
+DEFAULT_GOLDEN = Path(__file__).resolve().parent / "golden" / "official-tiny"
 CORE_FILES = ("weights.safetensors", "inputs.safetensors", "denoise.safetensors", "sample.safetensors")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -44,8 +50,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     path = Path(os.environ.get("INFDIT_GOLDEN_DIR", DEFAULT_GOLDEN))
-    if not path.is_dir():
-        pytest.skip(f"golden folder {path} not found (set INFDIT_GOLDEN_DIR)")
+    assert path.is_dir(), f"golden folder {path} not found (INFDIT_GOLDEN_DIR; the default ships in tests/golden/)"
     return path
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -72,7 +70,6 @@ def test_heun_steps4_matches_official(golden, golden_model):
         assert [i.step for i in infos] == golden["sample_steps4_call_step_index"].tolist()
 
 
-@pytest.mark.skipif(not os.environ.get("INFDIT_SLOW_TESTS"), reason="39 model calls; set INFDIT_SLOW_TESTS=1")
 def test_heun_steps20_matches_official(golden, golden_model):
     if "sample_full_steps20" not in golden:
         pytest.skip("golden folder has no sample_full_steps20")

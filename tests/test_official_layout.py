@@ -1,14 +1,14 @@
 """The released model's layout (every official tensor name and shape) converts to our x4 preset.
 
-`../shared/golden/official-x4-keys.json` was built by the official code with the flags of its
-`generate_sr_big_cli.sh` and open_clip's ViT-L-14 image tower. Nothing here allocates the 1.26 G
-values: tensors live on the meta device, so only names and shapes are checked.
+`tests/golden/official-x4-keys.json` was built by the official code with the flags of its
+`generate_sr_big_cli.sh` and open_clip's ViT-L-14 image tower (copied from `../shared/golden/`).
+Nothing here allocates the 1.26 G values: tensors live on the meta device, so only names and shapes
+are checked.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,12 @@ from infdit_cli.config import preset
 from infdit_cli.official import CLIP_PREFIX, IGNORED_PREFIXES, convert_state_dict, infer_config
 from infdit_cli.weights import expected_shapes
 
-GOLDEN = Path(os.environ.get("INFDIT_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "shared" / "golden"
-                             / "official-tiny"))
-KEYS_FILE = GOLDEN.parent / "official-x4-keys.json"
+KEYS_FILE = Path(__file__).resolve().parent / "golden" / "official-x4-keys.json"
+pytestmark = pytest.mark.parity
 
 
 @pytest.fixture(scope="module")
 def official() -> dict[str, torch.Tensor]:
-    if not KEYS_FILE.is_file():
-        pytest.skip(f"{KEYS_FILE} not found (set INFDIT_GOLDEN_DIR)")
     data = json.loads(KEYS_FILE.read_text())
     tensors = {k: torch.empty(shape, device="meta") for k, shape in data["tensors"].items()}
     assert len(tensors) == data["num_tensors"] == 726
@@ -53,7 +50,7 @@ def test_every_official_key_is_mapped_with_its_shape_or_knowingly_skipped(offici
 
 
 def test_clip_image_tower_fits_open_clip_vit_l_14_key_for_key(official):
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip  # a dependency of infdit
     result = convert_state_dict(official, preset("x4"), expected_shapes(preset("x4")))
     with torch.device("meta"):
         model = open_clip.create_model("ViT-L-14", pretrained=None, device="meta")

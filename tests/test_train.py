@@ -109,7 +109,7 @@ def test_split_and_crops(tmp_path):
     a = random_crop(source, step_generator(0, 5), 0.3, True)
     b = random_crop(source, step_generator(0, 5), 0.3, True)
     assert a.shape == (3, 64, 64) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
-    lr = make_lr(a[None], 4, step_generator(0, 5), degrade=True)
+    lr = make_lr(a[None], 4)
     assert lr.shape == (1, 3, 16, 16) and lr.min() >= -1 and lr.max() <= 1
     assert torch.allclose((lr + 1) * 127.5, ((lr + 1) * 127.5).round(), atol=1e-4)  # 8-bit levels
 
@@ -260,3 +260,36 @@ def test_cli_train_then_eval(tmp_path):
     assert report["sampling"]["sigma_max"] == 0.004
     # One step from bicubic with an all-but-untrained model stays within a hair of bicubic.
     assert abs(report["mean"]["psnr"] - report["mean"]["psnr_bicubic"]) < 1.0
+
+
+def test_denoise_model_starts_from_an_older_model_exactly_and_trains_on_degraded_lr(tmp_path):
+    """--init-from a model without the strength input: the new input starts without effect (the same
+    outputs at every strength); after degraded training the strength changes the output and resume is exact."""
+    old = train(one_step_config(tmp_path / "old", steps=2))
+    kw = dict(overrides={**SMALL_BLOCKS, "denoise_cond": True}, init_from=str(old.model_path), degrade=True,
+              p_clean=0.3, loss="charbonnier")
+    start = train(one_step_config(tmp_path / "start", steps=0, **kw))
+    before, after = load_model(old.model_path), load_model(start.model_path)
+    x, lr = torch.rand(1, 6, 64, 64) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    c = torch.full((1,), -1.3)
+    with torch.no_grad():
+        ref = before(x, c, lr=lr)
+        assert torch.equal(after(x, c, lr=lr), ref) and torch.equal(after(x, c, torch.ones(1, 1), lr), ref)
+    straight = train(one_step_config(tmp_path / "a", steps=4, lr=1e-2, **kw))
+    with pytest.raises(Killed):
+        train(one_step_config(tmp_path / "b", steps=4, save_every=1, lr=1e-2, **kw),
+              lambda p: (_ for _ in ()).throw(Killed()) if p.step == 2 else None)
+    resumed = train(one_step_config(tmp_path / "b", steps=4, save_every=1, lr=1e-2, resume=True, **kw))
+    assert resumed.losses == straight.losses[2:]
+    trained = load_model(straight.model_path)
+    with torch.no_grad():
+        clean = trained(x, c, torch.zeros(1, 1), lr)
+        assert not torch.equal(clean, trained(x, c, torch.ones(1, 1), lr))
+        assert torch.equal(trained(x, c, lr=lr), clean)  # no strength given = a clean input
+
+
+def test_init_from_rejects_another_architecture(tmp_path):
+    other = train(tiny_config(tmp_path / "other", steps=1))
+    with pytest.raises(TrainError, match="does not fit"):
+        train(one_step_config(tmp_path / "x", steps=1, init_from=str(other.model_path),
+                              overrides={**SMALL_BLOCKS, "hidden_size": 32}))

@@ -1,15 +1,17 @@
 """Build the default model's training and validation folders from Debian wallpaper packages.
 
-Training: every photographic image of the Debian wallpaper/background packages below (abstract,
-rendered and vector art left out by eye, listed here so the choice is reviewable), each saved at
-long side 1024 and 512 px (Lanczos, PNG) so crops see detail at two scales. Validation: the
-photographs of `plasma-workspace-wallpapers`, which training never sees, at their 2560-px size.
+Training: the photographs of the Debian wallpaper/background packages below (listed, so the
+choice is reviewable) and their rendered/illustrated images (every raster wallpaper of
+gnome-backgrounds, mate's abstract and desktop sets, one size of sway's, lomiri's painted ones and
+desktop-base's theme renders), each saved at long side 1024 and 512 px (Lanczos, PNG) so crops see
+detail at two scales. Validation: `plasma-workspace-wallpapers`, which training never sees, at its
+2560-px size: 10 photographs (val/) and 12 rendered wallpapers (val_illustrations/).
 
     python training/prepare_wallpapers.py /tmp/wallpapers    # needs apt-get and dpkg-deb
 
-Writes OUT/train/*.png, OUT/val/*.{jpg,png} and OUT/val384/*.png (each validation photo shrunk to
-long side 384 exactly as `infdit eval --max-side 384` does, for validation during training); the
-downloaded packages stay in OUT/debs.
+Writes OUT/train/*.png, OUT/val/*.{jpg,png}, OUT/val_illustrations/*, and OUT/val384/*.png (each
+validation photo shrunk to long side 384 exactly as `infdit eval --max-side 384` does, for
+validation during training); the downloaded packages stay in OUT/debs.
 """
 
 from __future__ import annotations
@@ -32,11 +34,21 @@ TRAIN = {
     "mate-backgrounds": [
         "nature/Garden.jpg", "nature/Dune.jpg", "nature/Wood.jpg", "nature/Aqua.jpg", "nature/TwoWings.jpg",
         "nature/Storm.jpg", "nature/GreenMeadow.jpg", "nature/RainDrops.jpg", "nature/Blinds.jpg",
-        "nature/LadyBird.jpg", "nature/YellowFlower.jpg",
+        "nature/LadyBird.jpg", "nature/YellowFlower.jpg", "nature/FreshFlower.jpg",
     ],
+}
+# Rendered and drawn images: glob patterns per package (one size of each design).
+TRAIN_ILLUSTRATIONS = {
+    "gnome-backgrounds": ["*.webp"],
+    "mate-backgrounds": ["abstract/Elephants.jpg", "abstract/*.png", "desktop/*.png", "desktop/*.jpg"],
+    "sway-backgrounds": ["Sway_Wallpaper_Blue_2048x1536.png"],
+    "lomiri-wallpapers-20.04": ["Fossa_by_Jasper_Roks.jpg", "Painting-Colors_by__herobrine7gamer.jpg"],
+    "desktop-base": ["*-theme/grub/grub-16x9.png"],
 }
 VALIDATION = ["Autumn", "BytheWater", "ColdRipple", "ColorfulCups", "EveningGlow", "FallenLeaf", "Grey",
               "OneStandsOut", "Path", "summer_1am"]
+VALIDATION_ILLUSTRATIONS = ["Canopee", "Cascade", "Cluster", "Elarun", "Flow", "FlyingKonqui", "IceCold",
+                            "Kokkini", "Opal", "PastelHills", "SafeLanding", "Shell"]
 TRAIN_SIDES = (1024, 512)
 
 
@@ -89,11 +101,20 @@ def main(out: Path) -> None:
             src = find(root, name)
             for side in TRAIN_SIDES:
                 save_long_side(src, train / f"{src.stem}_{side}.png", side)
+    for package, patterns in TRAIN_ILLUSTRATIONS.items():
+        root = extract(package, debs) / "usr/share"
+        for pattern in patterns:
+            for src in sorted(root.rglob(pattern)):
+                stem = f"{src.parent.parent.name}_{src.stem}" if package == "desktop-base" else src.stem
+                for side in TRAIN_SIDES:
+                    save_long_side(src, train / f"art_{stem}_{side}.png", side)
     plasma = extract("plasma-workspace-wallpapers", debs) / "usr/share/wallpapers"
-    for name in VALIDATION:
-        images = sorted((plasma / name / "contents/images").iterdir(), key=lambda p: int(p.name.split("x")[0]))
-        src = next((p for p in images if p.name.startswith("2560x")), images[-1])
-        (val / f"{name}{src.suffix}").write_bytes(src.read_bytes())
+    for folder, names in ((val, VALIDATION), (out / "val_illustrations", VALIDATION_ILLUSTRATIONS)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            images = sorted((plasma / name / "contents/images").iterdir(), key=lambda p: int(p.name.split("x")[0]))
+            src = next((p for p in images if p.name.startswith("2560x")), images[-1])
+            (folder / f"{name}{src.suffix}").write_bytes(src.read_bytes())
     shrink_validation(val, out / "val384", 384)
     print(f"{len(list(train.iterdir()))} training files, {len(list(val.iterdir()))} validation files in {out}")
 

@@ -107,7 +107,13 @@ def train_command(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     dtype: Annotated[Dtype, typer.Option(
         help="Compute precision: auto (bf16 autocast on CUDA, fp32 elsewhere), fp32 or bf16.")] = Dtype.auto,
-    degrade: Annotated[bool, typer.Option(help="Random blur/noise/JPEG on the LR.")] = False,
+    degrade: Annotated[bool, typer.Option(
+        help="Real-world LR degradations (blur, resize kernels, noise, JPEG 30-95), each LR labelled with "
+             "its strength (give the model a strength input with --set denoise_cond=true).")] = False,
+    p_clean: Annotated[float, typer.Option(help="With --degrade: share of LRs left clean.")] = 0.3,
+    loss: Annotated[str, typer.Option(help="l2 (EDM's weighted MSE) or charbonnier (L1-like).")] = "l2",
+    init_from: Annotated[Path | None, typer.Option(
+        help="Start from this model file's weights (new inputs keep their init).", show_default="none")] = None,
     clip: Annotated[str | None, typer.Option(
         help="CLIP weights (only for presets with vector_dim > 0).", show_default="none")] = None,
 ) -> None:
@@ -133,7 +139,7 @@ def train_command(
         objective=objective.value, sigma=sigma, p_mean=p_mean, p_std=p_std, sample_sigma=sample_sigma,
         init=init.value, p_resize=p_resize, val_every=val_every, save_every=save_every, val_images=val_images,
         val_data=str(val_data) if val_data else None, resume=resume, seed=seed, device=str(dev), bf16=bf16,
-        degrade=degrade, clip=clip,
+        degrade=degrade, p_clean=p_clean, loss=loss, init_from=str(init_from) if init_from else None, clip=clip,
     )
     try:
         mc = config.model_config()

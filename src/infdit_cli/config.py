@@ -32,6 +32,9 @@ class ModelConfig:
     sigma_data: float = 0.5
     sr_scale: int = 4  # HR side / LR side the network was trained for
     lr_patch_size: int = 2  # proj_lr stride on the LR image
+    # A degradation-strength input (0 = clean LR, keep every detail; 1 = heavy JPEG/noise, remove it),
+    # carried as one extra element after the CLIP vector. Not in the released model.
+    denoise_cond: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -56,6 +59,11 @@ class ModelConfig:
     def lr_block_tokens(self) -> int:
         """LR feature tokens along one side of a block (16 for the released model)."""
         return self.block_size // self.sr_scale // self.lr_patch_size
+
+    @property
+    def cond_dim(self) -> int:
+        """Length of the per-image conditioning vector: the CLIP embedding, then the strength."""
+        return self.vector_dim + int(self.denoise_cond)
 
     @property
     def in_channels(self) -> int:

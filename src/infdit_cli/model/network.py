@@ -57,6 +57,7 @@ class InfDiT(nn.Module):
         self.patch_embed = nn.Conv2d(config.in_channels, c, p, p)
         self.t_embed = TimestepEmbedder(config.time_channels, c)
         self.clip_embed = VectorEmbedder(config.vector_dim, c) if config.vector_dim else None
+        self.denoise_embed = VectorEmbedder(1, c) if config.denoise_cond else None
         self.blocks = nn.ModuleList(UniBALayer(config) for _ in range(config.num_layers))
         self.cross_lr = CrossLRAttention(config) if config.cross_lr else None
         self.final = FinalLayer(config)
@@ -65,13 +66,22 @@ class InfDiT(nn.Module):
 
     # -- conditioning -------------------------------------------------------------------------
     def condition(self, c_noise: Tensor, vector: Tensor | None = None) -> Conditioning:
-        """Modulations for every layer from c_noise [B] and the CLIP vector [B, vector_dim]."""
+        """Modulations for every layer from c_noise [B] and the conditioning vector [B, cond_dim]:
+        the CLIP embedding, then (denoise models) the degradation strength (absent: 0, a clean input).
+        """
         dtype = self.patch_embed.weight.dtype
         c = self.t_embed(c_noise.to(dtype))
+        vd = self.config.vector_dim
         if self.clip_embed is not None:
             if vector is None:
                 raise ValueError("this model is conditioned on a CLIP image embedding; none was given")
-            c = c + self.clip_embed(vector.to(dtype))
+            c = c + self.clip_embed(vector[..., :vd].to(dtype))
+        if self.denoise_embed is not None:
+            if vector is not None and vector.shape[-1] > vd:
+                strength = vector[..., vd: vd + 1].to(dtype)
+            else:
+                strength = torch.zeros(c.shape[0], 1, dtype=dtype, device=c.device)
+            c = c + self.denoise_embed(strength)
         # The released model applies SiLU to the sum and again inside every adaLN branch.
         cond = F.silu(F.silu(c))
         return Conditioning([blk.modulation(cond) for blk in self.blocks], self.final.adaln(cond))
@@ -149,6 +159,8 @@ class InfDiT(nn.Module):
             for fc in (self.t_embed.fc1, self.t_embed.fc2):
                 fc.weight.copy_(torch.randn(fc.weight.shape, generator=gen) * 0.02)
             zeroed = [blk.adaln for blk in self.blocks] + [self.final.adaln, self.final.linear]
+            if self.denoise_embed is not None:  # the strength input starts without effect
+                zeroed.append(self.denoise_embed.fc2)
             for module in zeroed:
                 module.weight.zero_()
                 module.bias.zero_()

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from infdit_cli.atomic import write_text_atomic
 from infdit_cli.config import ModelConfig
 from infdit_cli.model import InfDiT
 from infdit_cli.train.config import TrainConfig, TrainError
@@ -53,9 +54,7 @@ def save_checkpoint(
     write_safetensors_atomic(tensors, out / STATE_FILE, {"format": "infdit-train-state"})
     state = {"step": step, "seconds": seconds, "config": asdict(config),
              "model_config": json.loads(model.config.to_json())}
-    tmp = out / f".{STATE_JSON}.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(out / STATE_JSON)
+    write_text_atomic(out / STATE_JSON, json.dumps(state, indent=1, sort_keys=True))
     return path
 
 

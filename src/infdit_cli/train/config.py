@@ -37,7 +37,10 @@ class TrainConfig:
     init: str = "dit"  # "dit": zeroed adaLN modulation and output layer (the untrained model returns its input)
     p_resize: float = 0.3  # probability of resize-shorter-side-then-crop
     hflip: bool = True
-    degrade: bool = False  # blur / noise / JPEG on the LR
+    degrade: bool = False  # real-world degradations of the LR (`degrade.Recipe`), labelled with their strength
+    p_clean: float = 0.3  # with `degrade`: share of LRs left clean (strength 0)
+    loss: str = "l2"  # "l2" (EDM's λ-weighted MSE) or "charbonnier" (the same in the network's output units, L1-like)
+    init_from: str | None = None  # a model file to start from (fields the file lacks keep their init)
     val_every: int = 100
     val_images: int = 2
     val_data: str | None = None  # separate validation folder (else held out from `data`)

@@ -1,6 +1,6 @@
 """Training data: HR crops (random crop, or resize-shorter-side-then-crop), LR by antialiased
-bicubic ÷ scale quantised to 8 bits, optional blur/noise/JPEG degradations (torchvision), and
-the per-step generator that makes every draw a function of (seed, step) only.
+bicubic ÷ scale quantised to 8 bits, optional real-world degradations (`infdit_cli.degrade`) with
+their strength labels, and the per-step generator that makes every draw a function of (seed, step) only.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
 from infdit_cli import evaluate
+from infdit_cli.degrade import Recipe, degrade_lr
 from infdit_cli.evaluate import IMAGE_SUFFIXES
 from infdit_cli.preprocess import bicubic_resize
 from infdit_cli.train.config import TrainConfig, TrainError
@@ -86,37 +86,23 @@ def random_crop(source: CropSource, gen: torch.Generator, p_resize: float, hflip
     return out.float() / 127.5 - 1
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur, kernel radius ⌈3σ⌉, reflect-padded (torchvision)."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    return TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
-
-
-def jpeg(x: Tensor, quality: int) -> Tensor:
-    """Round-trip a [1, 3, h, w] image in [-1, 1] through a JPEG codec (torchvision's)."""
-    u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return TF.jpeg(u8, quality).float() / 127.5 - 1
-
-
-def make_lr(hr: Tensor, scale: int, gen: torch.Generator | None = None, degrade: bool = False) -> Tensor:
-    """HR [B, 3, H, W] in [-1, 1] -> LR [B, 3, H/s, W/s] in [-1, 1], quantised to 8 bits like a real file.
-
-    With `degrade`, each image gets a random subset of: Gaussian blur before downscaling,
-    Gaussian noise and JPEG after it (all drawn from `gen`).
+def make_lr(hr: Tensor, scale: int) -> Tensor:
+    """HR [B, 3, H, W] in [-1, 1] -> clean LR [B, 3, H/s, W/s] in [-1, 1]: antialiased bicubic ÷ scale,
+    quantised to 8 bits like a real file (validation, and the clean share of training).
     """
     h, w = hr.shape[-2:]
-    out = []
-    for x in hr.split(1):
-        if degrade and gen is not None and _rand_float(gen) < 0.5:
-            x = gaussian_blur(x, 0.2 + 1.3 * _rand_float(gen))
-        y = bicubic_resize(x, (h // scale, w // scale)).clamp(-1, 1)
-        if degrade and gen is not None:
-            if _rand_float(gen) < 0.4:
-                y = (y + 0.04 * _rand_float(gen) * torch.randn(y.shape, generator=gen)).clamp(-1, 1)
-            if _rand_float(gen) < 0.4:
-                y = jpeg(y, 40 + _rand_int(gen, 55))
-        out.append(((y + 1) * 127.5).round() / 127.5 - 1)
-    return torch.cat(out)
+    y = bicubic_resize(hr, (h // scale, w // scale)).clamp(-1, 1)
+    return ((y + 1) * 127.5).round() / 127.5 - 1
+
+
+def make_training_lr(hr: Tensor, scale: int, gen: torch.Generator, recipe: Recipe | None) -> tuple[Tensor, Tensor]:
+    """LR of every HR crop and its degradation strength [B]: clean when `recipe` is None, else drawn
+    per image from `recipe` (`degrade.degrade_lr`, every draw from `gen`).
+    """
+    if recipe is None:
+        return make_lr(hr, scale), torch.zeros(hr.shape[0])
+    pairs = [degrade_lr(x, scale, gen, recipe) for x in hr.split(1)]
+    return torch.cat([lr for lr, _ in pairs]), torch.tensor([s for _, s in pairs])
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:

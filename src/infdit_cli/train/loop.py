@@ -15,19 +15,20 @@ import torch
 from torch import Tensor
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.degrade import Recipe
 from infdit_cli.model import InfDiT
 from infdit_cli.train.checkpoint import STATE_JSON, load_checkpoint, save_checkpoint
 from infdit_cli.train.config import ProgressCallback, TrainConfig, TrainError, TrainProgress, TrainResult
 from infdit_cli.train.data import (
     CropSource,
     _rand_int,
-    make_lr,
+    make_training_lr,
     random_crop,
     split_files,
     step_generator,
     validation_crops,
 )
-from infdit_cli.train.objective import OBJECTIVES, edm_loss, psnr_gain, validation_loss
+from infdit_cli.train.objective import LOSSES, OBJECTIVES, edm_loss, psnr_gain, validation_loss
 
 LOG_FILE = "log.jsonl"
 
@@ -56,6 +57,35 @@ def _validate_config(config: TrainConfig, mc: ModelConfig) -> None:
         raise TrainError("--sigma must be > 0")
     if config.init not in ("dit", "random"):
         raise TrainError(f"unknown init {config.init!r}; choose dit or random")
+    if config.loss not in LOSSES:
+        raise TrainError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+    if not 0 <= config.p_clean <= 1:
+        raise TrainError("--p-clean must be within 0..1")
+
+
+def _init_from(model: InfDiT, path: str) -> None:
+    """Start from a model file: every tensor it has (same shape) is loaded; new inputs keep their init."""
+    from safetensors.torch import load_file
+
+    from infdit_cli.weights import read_config
+
+    if not Path(path).is_file():
+        raise TrainError(f"{path}: no such model file")
+    read_config(path)  # one line for a file that is not one of our models
+    own = model.state_dict()
+    state = load_file(path)
+    for name, tensor in state.items():
+        if name not in own or own[name].shape != tensor.shape:
+            raise TrainError(f"{path}: tensor {name} does not fit this model (another architecture?)")
+        own[name].copy_(tensor)
+
+
+def _conditioning(vector: Tensor | None, strength: Tensor, mc: ModelConfig) -> Tensor | None:
+    """The model's per-image vector: the CLIP embedding, then the degradation strength (denoise models)."""
+    if not mc.denoise_cond:
+        return vector
+    s = strength.view(-1, 1).to(strength.device)
+    return s if vector is None else torch.cat([vector, s.to(vector.dtype)], dim=-1)
 
 
 def _clip_vector_fn(config: TrainConfig, mc: ModelConfig, device: torch.device) -> Callable | None:
@@ -85,6 +115,8 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     torch.manual_seed(config.seed)
     model = InfDiT(mc)
     model = (model.initialize_weights(config.seed) if config.init == "dit" else model.init_random(config.seed))
+    if config.init_from:
+        _init_from(model, config.init_from)
     model = model.to(device).train()
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
@@ -144,7 +176,8 @@ def _train_step(
 ) -> float:
     gen = step_generator(config.seed, step)
     hr = torch.stack([random_crop(source, gen, config.p_resize, config.hflip) for _ in range(config.batch_size)])
-    lr = make_lr(hr, mc.sr_scale, gen, config.degrade)
+    recipe = Recipe(p_clean=config.p_clean) if config.degrade else None
+    lr, strength = make_training_lr(hr, mc.sr_scale, gen, recipe)
     span = mc.rope_table - config.crop // mc.patch_size
     offset = (_rand_int(gen, span), _rand_int(gen, span))
     sigma = (torch.randn(config.batch_size, generator=gen) * config.p_std + config.p_mean).exp()
@@ -152,10 +185,10 @@ def _train_step(
         sigma = torch.full_like(sigma, config.sigma)
     noise = torch.randn(hr.shape, generator=gen)
     hr, lr, sigma, noise = hr.to(device), lr.to(device), sigma.to(device), noise.to(device)
-    vector = vector_fn(lr) if vector_fn else None
+    vector = _conditioning(vector_fn(lr) if vector_fn else None, strength.to(device), mc)
     for group in opt.param_groups:
         group["lr"] = learning_rate(config, step)
-    loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective).mean()
+    loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective, config.loss).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:

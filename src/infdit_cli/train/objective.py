@@ -19,6 +19,8 @@ from infdit_cli.preprocess import upsample_lr
 from infdit_cli.train.data import make_lr
 
 OBJECTIVES = ("edm", "one-step")
+LOSSES = ("l2", "charbonnier")
+CHARBONNIER_EPS = 1e-3  # in [-1, 1] pixel units: below a quarter of one 8-bit level
 
 
 def denoise(
@@ -38,18 +40,23 @@ def denoise(
 def edm_loss(
     model: InfDiT, hr: Tensor, lr: Tensor, sigma: Tensor, noise: Tensor,
     vector: Tensor | None = None, token_offset: tuple[int, int] = (0, 0), bf16: bool = False,
-    objective: str = "edm",
+    objective: str = "edm", loss: str = "l2",
 ) -> Tensor:
     """Per-sample λ(σ)·mean‖D(x; σ) − hr‖² with x = hr + σn ("edm") or bicubic(lr) + σn ("one-step").
 
     The one-step objective trains exactly the regime the model is then sampled in: one denoiser
     call at a tiny σ from the bicubic start, so the network learns the residual HR − bicubic.
+    `loss="charbonnier"`: mean √((D − hr)² + ε²)·√λ, the same error in the network's output units
+    but L1-like (less pulled to the mean by hard textures).
     """
     sd = model.config.sigma_data
     start = hr if objective == "edm" else upsample_lr(lr, model.config.sr_scale)
     x = start + sigma.view(-1, 1, 1, 1) * noise
     denoised = denoise(model, x, lr, sigma, vector, token_offset, bf16)
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    if loss == "charbonnier":
+        err = ((denoised - hr).square() + CHARBONNIER_EPS**2).sqrt().mean(dim=(1, 2, 3))
+        return weight.sqrt() * err
     return weight * (denoised - hr).square().mean(dim=(1, 2, 3))
 
 

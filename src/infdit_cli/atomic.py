@@ -21,3 +21,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text`, atomically (a JSON manifest or state beside its tensors)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from infdit_cli.atomic import atomic_path, write_text_atomic
 from infdit_cli.errors import InfditError
 from infdit_cli.samplers import StepInfo
 
@@ -106,18 +106,9 @@ class Checkpoint:
         rank = f".rank{self.rank}" if self.world > 1 else ""
         return self.folder / f"pass{index}-{what}{rank}{suffix}"
 
-    def _write_atomic(self, path: Path, write: Callable[[Path], None]) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            write(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
     def _save_tensor(self, path: Path, t: Tensor) -> None:
-        self._write_atomic(path, lambda p: save_file({"x": t.detach().contiguous().cpu()}, str(p)))
+        with atomic_path(path) as tmp:
+            save_file({"x": t.detach().contiguous().cpu()}, str(tmp))
 
     def _load_tensor(self, path: Path, device: torch.device) -> Tensor:
         try:
@@ -130,7 +121,7 @@ class Checkpoint:
         data = {"format": FORMAT, "fingerprint": m.fingerprint, "mode": m.mode, "steps": m.steps,
                 "calls": m.calls, "done": m.done, "rank": self.rank, "world": self.world}
         text = json.dumps(data, indent=1, sort_keys=True)
-        self._write_atomic(self._name(index, "manifest", ".json"), lambda p: p.write_text(text))
+        write_text_atomic(self._name(index, "manifest", ".json"), text)
 
     def _load_manifest(self, index: int) -> _Manifest | None:
         path = self._name(index, "manifest", ".json")

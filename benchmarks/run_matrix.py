@@ -20,8 +20,6 @@ import torch
 
 from infdit_cli.bench import (
     BenchReport,
-    format_bytes,
-    format_seconds,
     how_measured,
     machine_slug,
     memory_ratios,
@@ -30,6 +28,7 @@ from infdit_cli.bench import (
     run_bench,
 )
 from infdit_cli.cli_common import parse_dtype, pick_device
+from infdit_cli.units import format_bytes, format_duration
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,8 +56,8 @@ def markdown_table(report: BenchReport) -> list[str]:
         n = "-" if r.block_batch is None else f"{r.block_batch}{' (auto)' if r.block_batch_requested == 'auto' else ''}"
         last = (f"{r.pct_of_peak:.0f}" if r.pct_of_peak is not None else "-") if cuda \
             else format_bytes(r.rss_growth_bytes)
-        cells = [f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_seconds(r.seconds_per_nfe),
-                 format_seconds(r.estimated_seconds_per_nfe), format_seconds(r.projected_run_seconds),
+        cells = [f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_duration(r.seconds_per_nfe),
+                 format_duration(r.estimated_seconds_per_nfe), format_duration(r.projected_run_seconds),
                  format_bytes(r.peak_memory_bytes), format_bytes(r.planned_peak_bytes),
                  format_bytes(r.host_bytes) if r.host_bytes else "-",
                  "-" if r.path == "whole" else format_bytes(r.kv_bytes),

@@ -24,11 +24,12 @@ from infdit_cli.bench import (
     random_model,
     run_bench,
 )
-from infdit_cli.cli_bench import bench_command, format_bytes
+from infdit_cli.cli_bench import bench_command
 from infdit_cli.config import preset
 from infdit_cli.engine import StreamedRunner, WholeImageRunner, flops_per_call
 from infdit_cli.engine.memory import group_activation_bytes, kv_band_bytes, stream_kv_bytes, whole_image_memory_bytes
 from infdit_cli.model import InfDiT
+from infdit_cli.units import format_bytes
 
 ROW_FIELDS = {
     "resolution", "grid", "block_batch", "path", "dtype", "seconds_per_nfe", "nfe", "projected_run_seconds",

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from infdit_cli import cli_upscale
 from infdit_cli.cli import app
-from infdit_cli.progress import ImageProgress, format_duration
+from infdit_cli.progress import ImageProgress
+from infdit_cli.units import format_duration
 from tests.models import write_tiny_model
 
 runner = CliRunner()

@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from infdit_cli import errors
-from infdit_cli.bench import BenchError, BenchReport, format_bytes, format_seconds, how_measured, memory_ratios
+from infdit_cli.bench import BenchError, BenchReport, how_measured, memory_ratios
 from infdit_cli.cli_common import DEVICE_HELP, DTYPE_HELP, Dtype, cli_errors, fail, info, out, parse_dtype, pick_device
+from infdit_cli.units import format_bytes, format_duration
 
 
 def render(report: BenchReport, console: Console) -> None:
@@ -47,8 +48,8 @@ def render(report: BenchReport, console: Console) -> None:
             else format_bytes(r.rss_growth_bytes)
         n = "-" if r.block_batch is None else (f"{r.block_batch} (auto)" if r.block_batch_requested == "auto"
                                                else str(r.block_batch))
-        table.add_row(f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_seconds(r.seconds_per_nfe),
-                      format_seconds(r.estimated_seconds_per_nfe), format_seconds(r.projected_run_seconds), mem,
+        table.add_row(f"{r.resolution[0]}x{r.resolution[1]}", r.path, n, r.dtype, format_duration(r.seconds_per_nfe),
+                      format_duration(r.estimated_seconds_per_nfe), format_duration(r.projected_run_seconds), mem,
                       format_bytes(r.host_bytes) if r.host_bytes else "-", kv,
                       "-" if r.tflops is None else f"{r.tflops:.3g}", tail, how_measured(r, model["num_layers"]))
     console.print(table)

@@ -35,7 +35,8 @@ from infdit_cli.cli_common import (
     pick_device,
     report_error,
 )
-from infdit_cli.progress import ImageProgress, format_duration, layer_ticks
+from infdit_cli.progress import ImageProgress, layer_ticks
+from infdit_cli.units import format_bytes, format_duration
 
 DEFAULT_SEED = 0
 PLAIN_PROGRESS_EVERY = 10.0  # seconds between plain progress lines when stderr is not a terminal
@@ -45,14 +46,6 @@ PLAIN_PROGRESS_EVERY = 10.0  # seconds between plain progress lines when stderr 
 class Job:
     source: Path
     target: Path
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 @cli_errors
@@ -314,8 +307,8 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
             if a.verbose:
                 for s in result.stats:
                     info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
-                         f"KV band {_fmt_bytes(s.peak_kv_bytes)}, {s.placement}, device peak "
-                         f"{_fmt_bytes(s.peak_device_bytes)} ({s.peak_device_source})")
+                         f"KV band {format_bytes(s.peak_kv_bytes)}, {s.placement}, device peak "
+                         f"{format_bytes(s.peak_device_bytes)} ({s.peak_device_source})")
     run_info["load_s"] = round(load_seconds, 3)
     return run_info
 
@@ -367,13 +360,12 @@ def _memory_fields(result: Any, plans: list) -> dict[str, Any]:
 
 def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float) -> None:
     """One line before an image: size, blocks, the placement plan, planned device peak, calls, estimated time."""
-    from infdit_cli.bench.report import format_seconds
 
     plan = " / ".join(p.memory.name for p in plans)
     peak = max(p.memory.device_bytes for p in plans)
     host = max(p.memory.host_bytes for p in plans)
-    off = f" (+{_fmt_bytes(host)} on the host)" if host else ""
+    off = f" (+{format_bytes(host)} on the host)" if host else ""
     info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
-         f"{sum(p.blocks for p in plans)} blocks, {plan}, est. peak {_fmt_bytes(peak)}{off}, "
-         f"{sum(p.nfe for p in plans)} network calls, ~{format_seconds(estimate)}")
+         f"{sum(p.blocks for p in plans)} blocks, {plan}, est. peak {format_bytes(peak)}{off}, "
+         f"{sum(p.nfe for p in plans)} network calls, ~{format_duration(estimate)}")
 

@@ -18,17 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["ImageProgress", "layer_ticks", "format_duration"]
+from infdit_cli.units import format_duration
 
-
-def format_duration(seconds: float) -> str:
-    """'42 s', '3 min 05 s', '1 h 02 min'."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+__all__ = ["ImageProgress", "layer_ticks"]
 
 
 class ImageProgress:

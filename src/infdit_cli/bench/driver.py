@@ -17,7 +17,7 @@ from torch import Tensor
 from infdit_cli.bench.extrapolate import extrapolate_call_seconds, head_tail_fraction
 from infdit_cli.bench.machine import machine_info
 from infdit_cli.bench.options import BenchError, BlockBatch, dtype_name
-from infdit_cli.bench.report import BenchReport, BenchRow, format_seconds
+from infdit_cli.bench.report import BenchReport, BenchRow
 from infdit_cli.config import ModelConfig, preset
 from infdit_cli.engine.estimate import TimeEstimator
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
@@ -34,6 +34,7 @@ from infdit_cli.engine.runner import StreamedRunner, WholeImageRunner, flops_per
 from infdit_cli.engine.timing import Clock, GroupTiming, sync, time_group
 from infdit_cli.model.network import Conditioning, InfDiT
 from infdit_cli.model.uniba import WholeImage
+from infdit_cli.units import format_duration
 
 BENCH_SIGMA = 1.5  # the noise level of the reference GPU measurements; time does not depend on it
 
@@ -169,7 +170,7 @@ class _Bench:
         total_groups = math.ceil(rows / n) * math.ceil(cols / n)
         flops = flops_per_call(self.cfg, grid)
         est_call = self.estimator.call_seconds(grid, plan)
-        self.progress(f"{size[0]}x{size[1]} streamed {plan.name}: ~{format_seconds(est_call)} per call estimated")
+        self.progress(f"{size[0]}x{size[1]} streamed {plan.name}: ~{format_duration(est_call)} per call estimated")
         inp = self.inputs(size, plan)
         if force_sample is None and est_call <= self.budget:
             return self._streamed_full(size, grid, inp, plan, requested, flops, total_groups, est_call)
@@ -229,7 +230,7 @@ class _Bench:
         est_call = self.estimator.call_seconds(grid, max(grid))  # the whole image as one group
         per_layer = est_call / self.cfg.num_layers
         if est_call > self.budget and per_layer * 2 > self.budget:
-            self.progress(f"{size[0]}x{size[1]} whole: ~{format_seconds(est_call)} per call, over the time "
+            self.progress(f"{size[0]}x{size[1]} whole: ~{format_duration(est_call)} per call, over the time "
                           "budget, estimated")
             return self._estimated(size, grid, flops, act, "time")
         layers = self.cfg.num_layers

@@ -75,26 +75,6 @@ def memory_ratios(rows: Sequence[BenchRow]) -> list[tuple[BenchRow, BenchRow]]:
     return pairs
 
 
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def format_seconds(s: float | None) -> str:
-    """One format for every time figure (progress lines, tables, pre-flight), so they read alike."""
-    if s is None:
-        return "-"
-    if s >= 3600:
-        return f"{s / 3600:.3g} h"
-    if s >= 120:
-        return f"{s / 60:.3g} min"
-    return f"{s:.3g} s"
-
-
 def how_measured(row: BenchRow, num_layers: int) -> str:
     """'measured ×3', 'extrap. (4 groups)', 'extrap. (1 group × 2/28 layers)' or 'est. (memory)'."""
     if row.estimated:

@@ -18,6 +18,7 @@ from infdit_cli.config import ModelConfig
 from infdit_cli.engine.memory import accounted_device_bytes, group_activation_bytes
 from infdit_cli.engine.placement import Plan, smaller_plan
 from infdit_cli.engine.stream import StreamNeighbourhood
+from infdit_cli.engine.timing import sync
 from infdit_cli.model.network import Conditioning, InfDiT
 from infdit_cli.model.uniba import WholeImage
 
@@ -65,11 +66,6 @@ def flops_per_call(config: ModelConfig, grid: tuple[int, int]) -> float:
     return float(total)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _RunnerBase:
     def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None,
                  token_offset: tuple[int, int] = (0, 0)) -> None:
@@ -87,7 +83,7 @@ class _RunnerBase:
         return h // bs, w // bs
 
     def _record(self, grid: tuple[int, int], start: float, device: torch.device, accounted: int) -> None:
-        _sync(device)
+        sync(device)
         self.stats.calls += 1
         self.stats.seconds += time.perf_counter() - start
         self.stats.tokens += grid[0] * grid[1] * self.net.config.block_tokens**2

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from infdit_cli.samplers import (
-    BUILTIN_ENTRY_POINTS,
     SamplerOptions,
     UnknownSamplerError,
     available_samplers,
@@ -21,6 +20,7 @@ from infdit_cli.samplers import (
     registry,
     sampler_names,
 )
+from infdit_cli.samplers.registry import source_tree_entry_points
 from tests.test_samplers import convergence_ratios, gaussian_case, gaussian_denoiser, no_noise
 
 PLUGIN_SRC = Path(__file__).resolve().parents[1] / "plugins" / "infdit-dpmpp" / "src"
@@ -100,18 +100,20 @@ def _info(name: str, dist: str | None = None):
 
 
 def test_builtins_are_discovered_as_entry_points():
+    declared = source_tree_entry_points()  # pyproject.toml: the one place they are written
+    assert declared == {"heun-edm": "infdit_cli.samplers.heun:HeunEDM", "euler": "infdit_cli.samplers.euler:Euler"}
     for name in ("heun-edm", "euler"):
         info = _info(name)
-        assert info.ok and info.value == BUILTIN_ENTRY_POINTS[name]
+        assert info.ok and info.value == declared[name]
     assert _info("heun-edm").nfe_20 == 39 and _info("euler").nfe_20 == 20
     try:
         distribution("infdit")
     except PackageNotFoundError:
-        pytest.skip("infdit is not installed: built-ins came from the fallback table")
+        pytest.skip("infdit is not installed: built-ins came from the source tree's pyproject.toml")
     assert _info("heun-edm").dist == "infdit" and _info("heun-edm").version
 
 
-def test_fallback_table_when_not_installed(monkeypatch):
+def test_source_tree_declarations_when_not_installed(monkeypatch):
     monkeypatch.setattr(registry, "entry_points", lambda group: EntryPoints(()))
     refresh_samplers()
     assert sampler_names() == ["euler", "heun-edm"]

@@ -16,7 +16,6 @@ from infdit_cli.samplers import (
     exponential_sigmas,
     get_sampler,
     karras_sigmas,
-    make_sigmas,
 )
 from infdit_cli.samplers.euler import Euler
 from infdit_cli.samplers.heun import HeunEDM
@@ -95,13 +94,10 @@ def test_karras_bf16_rounding_matches_official_table():
     assert karras_sigmas(20).to(torch.bfloat16).float().tolist() == pytest.approx(OFFICIAL_BF16_SIGMAS, rel=1e-7)
 
 
-def test_exponential_is_log_uniform_and_make_sigmas_dispatches():
+def test_exponential_is_log_uniform():
     s = exponential_sigmas(5, sigma_min=0.01, sigma_max=10.0)
     steps = s[:-1].double().log().diff()
     assert s[-1] == 0 and torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-5)
-    assert torch.equal(make_sigmas("karras", 7, 0.01, 10.0, 5.0), karras_sigmas(7, 0.01, 10.0, 5.0))
-    with pytest.raises(ValueError, match="available: karras, exponential"):
-        make_sigmas("cosine", 4)
 
 
 @pytest.mark.parametrize("bad", [dict(num_steps=0), dict(num_steps=4, sigma_min=0.0), dict(num_steps=4, rho=0.0)])

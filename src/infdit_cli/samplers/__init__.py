@@ -14,8 +14,6 @@ from infdit_cli.samplers.base import (
     churn_gamma,
 )
 from infdit_cli.samplers.registry import (
-    BUILTIN_ENTRY_POINTS,
-    DEFAULT_SAMPLER,
     GROUP,
     SamplerInfo,
     UnknownSamplerError,
@@ -25,32 +23,23 @@ from infdit_cli.samplers.registry import (
     sampler_names,
 )
 from infdit_cli.samplers.schedules import (
-    DEFAULT_NUM_STEPS,
-    DEFAULT_RHO,
-    DEFAULT_SIGMA_MAX,
-    DEFAULT_SIGMA_MIN,
-    SCHEDULES,
+    RELEASED,
+    Sampling,
     exponential_sigmas,
     karras_sigmas,
-    make_sigmas,
 )
 
 __all__ = [
     "API_VERSION",
-    "BUILTIN_ENTRY_POINTS",
-    "DEFAULT_NUM_STEPS",
-    "DEFAULT_RHO",
-    "DEFAULT_SAMPLER",
-    "DEFAULT_SIGMA_MAX",
-    "DEFAULT_SIGMA_MIN",
     "GROUP",
-    "SCHEDULES",
+    "RELEASED",
     "BaseSampler",
     "Denoiser",
     "NoiseFn",
     "Sampler",
     "SamplerInfo",
     "SamplerOptions",
+    "Sampling",
     "SamplingRun",
     "StepCallback",
     "StepInfo",
@@ -61,7 +50,6 @@ __all__ = [
     "exponential_sigmas",
     "get_sampler",
     "karras_sigmas",
-    "make_sigmas",
     "refresh_samplers",
     "sampler_names",
 ]

@@ -181,7 +181,8 @@ class SamplingRun:
 
 
 class BaseSampler:
-    """Optional convenience base: stores options and declares the protocol attributes."""
+    """Optional convenience base: stores options, declares the protocol attributes, and runs `steps`
+    (the solver's own loop) between the shared checks, without autograd."""
 
     name: ClassVar[str] = ""
     api_version: ClassVar[int] = API_VERSION
@@ -195,6 +196,14 @@ class BaseSampler:
     def sample(
         self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
     ) -> Tensor:
+        import torch  # here, not at import: listing plugins must not load torch
+
+        with torch.no_grad():
+            run = self.start(denoiser, x, sigmas, callback)
+            return run.finish(self.steps(run, noise))
+
+    def steps(self, run: SamplingRun, noise: NoiseFn) -> Tensor:
+        """The solver's step loop from `run.x` over `run.sigmas`, calling `run.denoise`; returns the last x."""
         raise NotImplementedError
 
     def start(self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, callback: StepCallback | None) -> SamplingRun:

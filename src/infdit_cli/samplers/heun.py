@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from infdit_cli.samplers.base import BaseSampler, Denoiser, NoiseFn, StepCallback, check_num_steps
+from infdit_cli.samplers.base import BaseSampler, NoiseFn, SamplingRun, check_num_steps
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -22,18 +22,7 @@ class HeunEDM(BaseSampler):
     def nfe(self, num_steps: int) -> int:
         return 2 * check_num_steps(num_steps) - 1
 
-    def sample(
-        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
-    ) -> Tensor:
-        import torch  # here, not at import: listing plugins must not load torch
-
-        with torch.no_grad():
-            return self._sample(denoiser, x, sigmas, noise, callback)
-
-    def _sample(
-        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None
-    ) -> Tensor:
-        run = self.start(denoiser, x, sigmas, callback)
+    def steps(self, run: SamplingRun, noise: NoiseFn) -> Tensor:
         x = run.x
         for i in range(run.num_steps):
             x_hat, sigma_hat = run.churn(x, i, noise)
@@ -45,4 +34,4 @@ class HeunEDM(BaseSampler):
                 d_next = (x_next - run.denoise(x_next, sigma_next, i)) / sigma_next
                 x_next = x_hat + (d + d_next) / 2.0 * dt
             x = x_next
-        return run.finish(x)
+        return x

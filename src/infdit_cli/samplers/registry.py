@@ -1,9 +1,9 @@
 """Sampler discovery through the ``infdit.samplers`` entry-point group.
 
-Built-in samplers are declared in our own pyproject and found exactly like third-party ones; the
-fallback table (same strings) is used only when the ``infdit`` distribution is not installed, e.g. when
-running from a bare source tree. A plugin that fails to import or validate is recorded with its error
-and never breaks the others.
+Built-in samplers are declared in our own pyproject and found exactly like third-party ones; when the
+``infdit`` distribution is not installed (a bare source tree) the same declarations are read from the
+tree's pyproject.toml, so they are written in one place only. A plugin that fails to import or
+validate is recorded with its error and never breaks the others.
 """
 
 from __future__ import annotations
@@ -13,18 +13,14 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 from infdit_cli.errors import InfditError
 from infdit_cli.samplers.base import API_VERSION, Sampler, SamplerOptions
 
 GROUP = "infdit.samplers"
 DIST_NAME = "infdit"
-DEFAULT_SAMPLER = "heun-edm"
-# Mirror of [project.entry-points."infdit.samplers"] in pyproject.toml.
-BUILTIN_ENTRY_POINTS: dict[str, str] = {
-    "heun-edm": "infdit_cli.samplers.heun:HeunEDM",
-    "euler": "infdit_cli.samplers.euler:Euler",
-}
+SOURCE_PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 
 
 class UnknownSamplerError(InfditError):
@@ -66,9 +62,23 @@ def _ordered_entry_points() -> list[EntryPoint]:
     found = list(entry_points(group=GROUP))
     own = [ep for ep in found if _normalize(_dist_of(ep)[0] or "") == DIST_NAME]
     others = [ep for ep in found if _normalize(_dist_of(ep)[0] or "") != DIST_NAME]
-    if not own:  # not installed: same strings, same loading path
-        own = [EntryPoint(name=n, value=v, group=GROUP) for n, v in BUILTIN_ENTRY_POINTS.items()]
+    if not own:  # not installed: the source tree's declarations, same loading path
+        own = [EntryPoint(name=n, value=v, group=GROUP) for n, v in source_tree_entry_points().items()]
     return own + others
+
+
+def source_tree_entry_points(pyproject: Path = SOURCE_PYPROJECT) -> dict[str, str]:
+    """Our [project.entry-points."infdit.samplers"] read from pyproject.toml ({} without one, or on
+    Python 3.10, which has no tomllib: install the package there)."""
+    try:
+        import tomllib
+    except ImportError:
+        return {}
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(data.get("project", {}).get("entry-points", {}).get(GROUP, {}))
 
 
 def _validate(name: str, cls: object) -> int:

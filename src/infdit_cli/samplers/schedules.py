@@ -8,7 +8,7 @@ would then flip some bf16 roundings).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from infdit_cli.samplers.base import check_num_steps
@@ -16,13 +16,26 @@ from infdit_cli.samplers.base import check_num_steps
 if TYPE_CHECKING:
     from torch import Tensor
 
-# The released model's schedule (configs/text2image-sr.yaml).
-DEFAULT_NUM_STEPS = 20
-DEFAULT_SIGMA_MIN = 0.002
-DEFAULT_SIGMA_MAX = 40.0
-DEFAULT_RHO = 7.0
 
-Schedule = Callable[..., "Tensor"]
+
+@dataclass(frozen=True)
+class Sampling:
+    """How an image is sampled: the sampler plugin, its steps, the Karras schedule and EDM churn.
+
+    A model file may carry its own (metadata "sampling", e.g. one Euler step for a one-step model);
+    the defaults here are the released Inf-DiT's (configs/text2image-sr.yaml), the only place they
+    are written.
+    """
+
+    sampler: str = "heun-edm"
+    steps: int = 20
+    sigma_min: float = 0.002
+    sigma_max: float = 40.0
+    rho: float = 7.0
+    churn: float = 0.0
+
+
+RELEASED = Sampling()
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> None:
@@ -37,7 +50,8 @@ def _append_zero(s: Tensor) -> Tensor:
 
 
 def karras_sigmas(
-    num_steps: int, sigma_min: float = DEFAULT_SIGMA_MIN, sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = DEFAULT_RHO
+    num_steps: int, sigma_min: float = RELEASED.sigma_min, sigma_max: float = RELEASED.sigma_max,
+    rho: float = RELEASED.rho,
 ) -> Tensor:
     """Karras et al. (2022) eq. 5: uniform in sigma^(1/rho), so steps crowd at low noise."""
     check_num_steps(num_steps)
@@ -52,7 +66,8 @@ def karras_sigmas(
 
 
 def exponential_sigmas(
-    num_steps: int, sigma_min: float = DEFAULT_SIGMA_MIN, sigma_max: float = DEFAULT_SIGMA_MAX, rho: float = DEFAULT_RHO
+    num_steps: int, sigma_min: float = RELEASED.sigma_min, sigma_max: float = RELEASED.sigma_max,
+    rho: float = RELEASED.rho,
 ) -> Tensor:
     """Uniform in log(sigma) (constant DPM-Solver step h); ``rho`` is accepted and ignored."""
     del rho
@@ -64,20 +79,3 @@ def exponential_sigmas(
     log_s = math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max))
     return _append_zero(log_s.exp().float())
 
-
-SCHEDULES: dict[str, Schedule] = {"karras": karras_sigmas, "exponential": exponential_sigmas}
-
-
-def make_sigmas(
-    schedule: str = "karras",
-    num_steps: int = DEFAULT_NUM_STEPS,
-    sigma_min: float = DEFAULT_SIGMA_MIN,
-    sigma_max: float = DEFAULT_SIGMA_MAX,
-    rho: float = DEFAULT_RHO,
-) -> Tensor:
-    """Schedule by name, for CLI flags (``--steps/--sigma-min/--sigma-max/--rho``)."""
-    try:
-        fn = SCHEDULES[schedule]
-    except KeyError:
-        raise ValueError(f"unknown schedule {schedule!r}; available: {', '.join(SCHEDULES)}") from None
-    return fn(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from infdit_cli.samplers import BaseSampler, Denoiser, NoiseFn, SamplerOptions, StepCallback, check_num_steps
+from infdit_cli.samplers import BaseSampler, NoiseFn, SamplerOptions, SamplingRun, check_num_steps
 
-if TYPE_CHECKING:  # torch is imported in sample(): `infdit samplers` lists plugins without loading it
+if TYPE_CHECKING:  # torch is imported when sampling: `infdit samplers` lists plugins without loading it
     from torch import Tensor
 
 
@@ -32,18 +32,7 @@ class DPMPP2M(BaseSampler):
     def nfe(self, num_steps: int) -> int:
         return check_num_steps(num_steps)
 
-    def sample(
-        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None = None
-    ) -> Tensor:
-        import torch
-
-        with torch.no_grad():
-            return self._sample(denoiser, x, sigmas, noise, callback)
-
-    def _sample(
-        self, denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: NoiseFn, callback: StepCallback | None
-    ) -> Tensor:
-        run = self.start(denoiser, x, sigmas, callback)
+    def steps(self, run: SamplingRun, noise: NoiseFn) -> Tensor:
         s = run.values  # coefficients in float64 from the (already rounded) schedule values
         x = run.x
         previous: Tensor | None = None
@@ -61,4 +50,4 @@ class DPMPP2M(BaseSampler):
                     target = (1.0 + k) * denoised - k * previous
                 x = ratio * x + (1.0 - ratio) * target
             previous = denoised
-        return run.finish(x)
+        return x

@@ -108,3 +108,53 @@ def test_bad_pairs_are_one_line_errors(tmp_path):
     save(tmp_path / "a_lr.png", np.full((12, 10, 3), 1))
     with pytest.raises(EvalError, match="is not 4x the LR"):
         evaluate(NearestPlus(0), tmp_path, None)
+
+
+def test_grid_ratio_sees_block_edges_every_32_pixels():
+    from infdit_cli.evaluate import grid_ratio
+
+    ramp = torch.arange(96.0).expand(1, 3, 96, 96) + torch.arange(96.0)[:, None]
+    assert math.isclose(grid_ratio(ramp), 1.0)
+    blocky = ramp + 20 * (torch.arange(96) // 32).float()  # a step at columns 32 and 64
+    assert grid_ratio(blocky) > 10
+
+
+class StrengthEcho(NearestPlus):
+    """A stand-in with a denoise input: records the strength each image was given."""
+
+    config = preset("tiny", denoise_cond=True)
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.given: list[float] = []
+
+    def upscale(self, image: torch.Tensor, options: UpscaleOptions) -> _Result:
+        self.given.append(options.denoise)
+        return super().upscale(image, options)
+
+
+def test_degraded_inputs_are_scored_with_the_strength_auto_reads(tmp_path):
+    from infdit_cli.degrade import parse_degradation, strength_for_quality
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    save(tmp_path / "wave.png", (127 + 90 * np.sin(xx / 6.0) * np.cos(yy / 9.0))[..., None].repeat(3, -1))
+    echo = StrengthEcho()
+    clean = evaluate(echo, tmp_path, UpscaleOptions()).images[0]
+    jpeg = evaluate(echo, tmp_path, UpscaleOptions(), degradation=parse_degradation("jpeg:50")).images[0]
+    noisy = evaluate(echo, tmp_path, UpscaleOptions(), degradation=parse_degradation("noise:20")).images[0]
+    given = evaluate(echo, tmp_path, UpscaleOptions(), degradation=parse_degradation("jpeg:50"), denoise=0.2)
+    assert echo.given == [0.0, pytest.approx(strength_for_quality(50), abs=0.02), 0.0, 0.2]
+    assert jpeg.psnr_bicubic < clean.psnr_bicubic - 0.5 and noisy.psnr_bicubic < clean.psnr_bicubic - 0.5
+    assert jpeg.denoise == echo.given[1] and given.images[0].denoise == 0.2
+    assert evaluate(NearestPlus(0), tmp_path, UpscaleOptions()).images[0].denoise is None
+
+
+def test_cli_eval_bad_degradation_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    save(tmp_path / "a.png", np.zeros((64, 64, 3)))
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--degrade", "blur:2"])
+    assert result.exit_code != 0 and "bad degradation 'blur:2'" in result.output
+    assert "Traceback" not in result.output

@@ -76,6 +76,22 @@ BlockBatchOption = Annotated[str | None, typer.Option(
     help="Blocks per group side n, or auto (the fastest plan that fits the memory).", show_default="auto")]
 MaxMemoryOption = Annotated[str | None, typer.Option(
     help="Memory budget, e.g. 6GB.", show_default="free device memory")]
+DenoiseOption = Annotated[str, typer.Option(
+    help="Artefact removal 0..1 (0 keeps every detail, 1 removes heavy JPEG/noise), or auto: a JPEG's "
+         "own quality sets it, other formats 0. Models with a denoise input only.")]
+
+
+def parse_denoise(text: str) -> float | None:
+    """--denoise: a strength in 0..1, or auto (None: per file, `degrade.auto_strength`)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise fail(f"invalid --denoise {text!r} (use a number in 0..1 or auto)") from None
+    if not 0.0 <= value <= 1.0:
+        raise fail(f"--denoise must be within 0..1 (got {text})")
+    return value
 
 
 def parse_block_batch(text: str | None) -> int | None:

@@ -20,6 +20,7 @@ from infdit_cli.cli_common import (
     DTYPE_HELP,
     BlockBatchOption,
     ChurnOption,
+    DenoiseOption,
     Dtype,
     MaxMemoryOption,
     ModelOption,
@@ -35,6 +36,7 @@ from infdit_cli.cli_common import (
     info,
     out,
     parse_block_batch,
+    parse_denoise,
     parse_dtype,
     pick_device,
 )
@@ -186,17 +188,24 @@ def eval_command(
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
     block_batch: BlockBatchOption = None,
     max_memory: MaxMemoryOption = None,
+    degrade: Annotated[str | None, typer.Option(
+        help="Degrade every LR first: jpeg:QUALITY (a real JPEG file) or noise:SIGMA (8-bit levels).",
+        show_default="none")] = None,
+    denoise: DenoiseOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """PSNR, SSIM and sharpness ratio (mean |∇| of the output / of the original) of the model and of
     bicubic, with the model's own sampling settings unless told otherwise."""
     from rich.table import Table
 
+    from infdit_cli.degrade import parse_degradation
     from infdit_cli.engine.memory import parse_size
     from infdit_cli.evaluate import evaluate
     from infdit_cli.pipeline import load_upscaler
 
     n = parse_block_batch(block_batch)
+    strength = parse_denoise(denoise)
+    degradation = parse_degradation(degrade) if degrade else None
     dev = pick_device(device)
     source = model or (str(default_model_path()) if default_model_path() else None)
     if source is None:
@@ -218,23 +227,29 @@ def eval_command(
                       f"SSIM {s.ssim:.4f} (bicubic {s.ssim_bicubic:.4f}), "
                       f"sharpness {s.sharpness:.2f} (bicubic {s.sharpness_bicubic:.2f})", highlight=False)
 
+    if strength is not None and not upscaler.config.denoise_cond:
+        raise fail("this model has no denoise input; drop --denoise (or use a model trained with it)")
     report = evaluate(upscaler, folder, options, limit=limit, max_side=max_side, on_image=on_image,
-                      lr_folder=lr_folder)
+                      lr_folder=lr_folder, degradation=degradation,
+                      denoise=strength if upscaler.config.denoise_cond else None)
     if as_json:
         data = report.to_dict()
         data["sampling"] = {"sampler": options.sampler, "steps": options.steps, "sigma_min": options.sigma_min,
                             "sigma_max": options.sigma_max, "rho": options.rho, "churn": options.churn,
                             "seed": options.seed}
+        data["degrade"] = degradation.label if degradation else None
         out.print_json(json.dumps(_nan_to_none(data)))
         return
-    table = Table("image", "PSNR", "bicubic", "SSIM", "bicubic", "sharpness", "bicubic", title="model vs bicubic")
-    rows = [(s.name, s.psnr, s.psnr_bicubic, s.ssim, s.ssim_bicubic, s.sharpness, s.sharpness_bicubic)
-            for s in report.images]
+    title = "model vs bicubic" + (f", LR {degradation.label}" if degradation else "")
+    table = Table("image", "PSNR", "bicubic", "SSIM", "bicubic", "sharpness", "bicubic", "grid", "bicubic",
+                  title=title)
+    keys = ("psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "sharpness", "sharpness_bicubic", "grid", "grid_bicubic")
+    rows = [(s.name, *(getattr(s, k) for k in keys)) for s in report.images]
     m = report.mean()
-    rows.append(("mean", m["psnr"], m["psnr_bicubic"], m["ssim"], m["ssim_bicubic"], m["sharpness"],
-                 m["sharpness_bicubic"]))
+    rows.append(("mean", *(m[k] for k in keys)))
     for name, *v in rows:
-        table.add_row(name, f"{v[0]:.2f}", f"{v[1]:.2f}", f"{v[2]:.4f}", f"{v[3]:.4f}", f"{v[4]:.3f}", f"{v[5]:.3f}")
+        table.add_row(name, f"{v[0]:.2f}", f"{v[1]:.2f}", f"{v[2]:.4f}", f"{v[3]:.4f}", f"{v[4]:.3f}", f"{v[5]:.3f}",
+                      f"{v[6]:.3f}", f"{v[7]:.3f}")
     out.print(table)
 
 

@@ -16,6 +16,7 @@ from infdit_cli.cli_common import (
     DTYPE_HELP,
     BlockBatchOption,
     ChurnOption,
+    DenoiseOption,
     Dtype,
     MaxMemoryOption,
     ModelOption,
@@ -31,6 +32,7 @@ from infdit_cli.cli_common import (
     fail,
     info,
     parse_block_batch,
+    parse_denoise,
     parse_dtype,
     pick_device,
     report_error,
@@ -80,6 +82,7 @@ def upscale_command(
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
     block_batch: BlockBatchOption = None,
     max_memory: MaxMemoryOption = None,
+    denoise: DenoiseOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Engine figures per image.")] = False,
@@ -151,7 +154,7 @@ def upscale_command(
     if jobs:
         settings = RunSettings(scale=scale, fmt=fmt, model=model, clip=clip, device=device, dtype=dtype,
                                quiet=quiet, verbose=verbose, checkpoint=checkpoint, split_image=split_image,
-                               compile=compile)
+                               compile=compile, denoise=parse_denoise(denoise))
         run_info = _run_jobs(jobs, batch, given, settings, session)
     _finish(batch, run_info, total_inputs, run_start, as_json, quiet, session)
 
@@ -171,6 +174,7 @@ class RunSettings:
     checkpoint: Path | None = None  # resumable sampling state, per output file
     split_image: bool = False  # under torchrun: every rank works on every image
     compile: bool = False  # torch.compile the transformer layers
+    denoise: float | None = None  # --denoise strength; None: auto per file
 
 
 @dataclass
@@ -234,6 +238,8 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
     options = upscaler.options(**given)
     options.validate()
     get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    if a.denoise is not None and not upscaler.config.denoise_cond:
+        raise fail("this model has no denoise input; drop --denoise (or use a model trained with it)")
     warning = upscaler.sampling_warning(options)
     if warning and not quiet:
         info(f"warning: {warning}", "yellow")
@@ -270,15 +276,17 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                 if not quiet:
                     for loss in format_losses(out_fmt, image):
                         info(f"warning: {job.target.name}: {loss}", "yellow")
-                plans = upscaler.plan((h, w), options, speed=estimator.calibration.speed)
+                image_options, denoise_note = _with_denoise(upscaler, options, a.denoise, job.source)
+                plans = upscaler.plan((h, w), image_options, speed=estimator.calibration.speed)
                 estimate = sum(estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
                 if not quiet:
-                    _preflight(job, image.size, scale, plans, estimate)
+                    _preflight(job, image.size, scale, plans, estimate, denoise_note)
                 progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
                 tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
                 resumable = session.checkpoint(a.checkpoint, job.target, model_hash, split)
                 with layer_ticks(upscaler.model, progress):
-                    result = session.upscale(upscaler, tensor, options, plans, progress.blocks_done, resumable, split)
+                    result = session.upscale(upscaler, tensor, image_options, plans, progress.blocks_done, resumable,
+                                             split)
                 upscaled = time.perf_counter()
                 if writes:  # a split image is written by rank 0 only
                     alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
@@ -301,6 +309,8 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                                   "encode_s": round(end - upscaled, 3)},
                       "estimated_upscale_s": round(estimate, 3), **_memory_fields(result, plans),
                       "network_calls": sum(s.calls for s in result.stats), **run_info}
+            if upscaler.config.denoise_cond:
+                record["denoise"] = round(image_options.denoise, 4)
             batch.results.append(record)
             if not quiet:
                 info(f"wrote {job.target} ({w * scale}x{h * scale}) in {end - start:.1f} s")
@@ -358,7 +368,19 @@ def _memory_fields(result: Any, plans: list) -> dict[str, Any]:
             "oom_retries": sum(s.oom_retries for s in stats)}
 
 
-def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float) -> None:
+def _with_denoise(upscaler: Any, options: Any, setting: float | None, source: Path) -> tuple[Any, str]:
+    """This image's options with its denoise strength (auto: from the file) and the pre-flight note."""
+    from dataclasses import replace
+
+    from infdit_cli.degrade import resolve_strength
+
+    if not upscaler.config.denoise_cond:
+        return options, ""
+    strength, why = resolve_strength(setting, source)
+    return replace(options, denoise=strength), f", denoise {strength:.2f} ({why})"
+
+
+def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "") -> None:
     """One line before an image: size, blocks, the placement plan, planned device peak, calls, estimated time."""
 
     plan = " / ".join(p.memory.name for p in plans)
@@ -367,5 +389,5 @@ def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimat
     off = f" (+{format_bytes(host)} on the host)" if host else ""
     info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
          f"{sum(p.blocks for p in plans)} blocks, {plan}, est. peak {format_bytes(peak)}{off}, "
-         f"{sum(p.nfe for p in plans)} network calls, ~{format_duration(estimate)}")
+         f"{sum(p.nfe for p in plans)} network calls, ~{format_duration(estimate)}{note}")
 

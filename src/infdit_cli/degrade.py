@@ -65,11 +65,21 @@ def estimate_jpeg_quality(luma_table: list[int] | np.ndarray) -> int:
 
 def auto_strength(path: str | Path) -> float:
     """`--denoise auto`: a JPEG's strength from its quantisation tables; any other format is clean (0)."""
+    return resolve_strength(None, path)[0]
+
+
+def resolve_strength(setting: float | None, path: str | Path | None) -> tuple[float, str]:
+    """The strength to use for one input and why: a given value, or `auto` (None) from the file."""
+    if setting is not None:
+        return setting, "given"
+    if path is None:
+        return 0.0, "auto: no file"
     with Image.open(path) as im:
         tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
     if not tables:
-        return 0.0
-    return strength_for_quality(estimate_jpeg_quality(tables[min(tables)]))
+        return 0.0, "auto: lossless input"
+    quality = estimate_jpeg_quality(tables[min(tables)])
+    return strength_for_quality(quality), f"auto: JPEG quality ~{quality}"
 
 
 def to_u8(x: Tensor) -> np.ndarray:

@@ -5,13 +5,20 @@ antialiased bicubic, quantised to 8 bits like a real file), or ready-made LR/HR 
 (`NAME_lr.*` + `NAME_hr.*` in one folder, or two folders with the same names). Each LR is
 upscaled by the model and by bicubic and compared with the HR in [0, 255] with a 4-px border
 shaved. The sharpness ratio (mean |∇| of the output / of the HR) makes "as sharp as the original"
-measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better.
+measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better. The grid
+ratio (mean step across every 32nd output pixel / mean step elsewhere) shows JPEG's 8-px LR blocks
+sharpened into a grid: about 1 for a natural image, higher where block edges show.
+
+`degradation` (`jpeg:75`: the LR written as a real JPEG file and read back; `noise:5`: Gaussian
+noise of σ 5 levels) scores degraded inputs; models with a denoise input get the strength `auto`
+reads from that file (JPEG quality), or the one given.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from infdit_cli.degrade import (
+    EvalDegradation,
+    estimate_jpeg_quality,
+    jpeg_bytes,
+    resolve_strength,
+    strength_for_quality,
+)
 from infdit_cli.errors import InfditError
 from infdit_cli.preprocess import bicubic_resize
 
@@ -46,6 +60,9 @@ class ImageScore:
     sharpness: float  # mean |∇| of the model's output / of the HR (1 = as sharp as the original)
     sharpness_bicubic: float
     seconds: float = 0.0
+    grid: float = math.nan  # step across every 32nd output pixel / step elsewhere (JPEG blocks ×4)
+    grid_bicubic: float = math.nan
+    denoise: float | None = None  # the strength the model was given (models with a denoise input)
 
 
 @dataclass
@@ -111,6 +128,23 @@ def sharpness_ratio(output: Tensor, truth: Tensor) -> float:
     """mean |∇| of `output` / that of `truth`; nan when the truth is perfectly flat."""
     g = mean_abs_gradient(truth)
     return mean_abs_gradient(output) / g if g > 0 else math.nan
+
+
+GRID_PERIOD = 32  # an 8-px JPEG block of the LR, ×4
+
+
+def grid_ratio(x: Tensor, period: int = GRID_PERIOD) -> float:
+    """Mean |step| between pixels k·period−1 and k·period (columns and rows) over the mean |step| elsewhere."""
+    x = x.double()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # step before column j+1
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    on_x = torch.arange(1, dx.numel() + 1) % period == 0
+    on_y = torch.arange(1, dy.numel() + 1) % period == 0
+    on = torch.cat([dx[on_x], dy[on_y]])
+    off = torch.cat([dx[~on_x], dy[~on_y]])
+    if on.numel() == 0 or off.mean() == 0:
+        return math.nan
+    return (on.mean() / off.mean()).item()
 
 
 def gradient_energy(x: Tensor) -> float:
@@ -223,19 +257,36 @@ def bicubic_upscale(lr: Tensor) -> Tensor:
 
 def score_image(name: str, hr: Tensor, sr: Tensor, bic: Tensor, seconds: float = 0.0) -> ImageScore:
     t, s, b = (shave(quantise(x)) for x in (hr, sr, bic))
+    q_sr, q_bic = quantise(sr), quantise(bic)  # unshaved: the grid is anchored at the image origin
     return ImageScore(name, (hr.shape[-1], hr.shape[-2]), psnr(s, t), ssim(s, t), psnr(b, t), ssim(b, t),
-                      sharpness_ratio(s, t), sharpness_ratio(b, t), seconds)
+                      sharpness_ratio(s, t), sharpness_ratio(b, t), seconds, grid_ratio(q_sr), grid_ratio(q_bic))
+
+
+def degrade_input(lr: Tensor, degradation: EvalDegradation, seed: int = 0) -> tuple[Tensor, float]:
+    """LR [1, 3, h, w] in [0, 1] as a degraded file would give it, and the strength `auto` reads from it."""
+    arr = quantise(lr)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+    if degradation.kind == "jpeg":
+        data = jpeg_bytes(arr, int(degradation.amount))
+        with Image.open(io.BytesIO(data)) as im:
+            out = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            quality = estimate_jpeg_quality(im.quantization[min(im.quantization)])
+        return torch.from_numpy(out).permute(2, 0, 1)[None].float() / 255, strength_for_quality(quality)
+    gen = torch.Generator().manual_seed(seed)
+    noisy = lr * 255 + degradation.amount * torch.randn(lr.shape, generator=gen)
+    return noisy.round().clamp(0, 255) / 255, 0.0  # saved as PNG: lossless, so `auto` reads 0
 
 
 def evaluate(
     upscaler: UpscalerLike, folder: str | Path, options: Any, limit: int | None = None,
     max_side: int | None = None, on_image: Any = None, lr_folder: str | Path | None = None,
+    degradation: EvalDegradation | None = None, denoise: float | None = None,
 ) -> EvalReport:
     """Per-image and mean PSNR/SSIM/sharpness of `upscaler` and of bicubic on `folder` (see `find_samples`).
 
     `options` is passed to `upscaler.upscale` unchanged (a pipeline.UpscaleOptions, scale 4).
     `max_side` shrinks HR-only images before downscaling (ready-made pairs are used as they are).
-    on_image(score) is called after each image, for progress output.
+    on_image(score) is called after each image, for progress output. `degradation` is applied to
+    every LR; `denoise` is the strength for models with that input (None: `auto`, from the LR file).
     """
     import time
 
@@ -251,9 +302,16 @@ def evaluate(
             hr, lr = load_pair(sample)
         if min(hr.shape[-2:]) < 2 * SHAVE + 11:
             continue  # too small for the shaved SSIM window
+        auto = resolve_strength(None, sample.lr)[0] if sample.lr is not None else 0.0
+        if degradation is not None:
+            lr, auto = degrade_input(lr, degradation, getattr(options, "seed", 0))
+        strength = auto if denoise is None else denoise
+        image_options = replace(options, denoise=strength) if hasattr(options, "denoise") else options
         start = time.perf_counter()
-        sr = upscaler.upscale(lr, options).image.float().cpu()
+        sr = upscaler.upscale(lr, image_options).image.float().cpu()
         score = score_image(sample.name, hr, sr, bicubic_upscale(lr), time.perf_counter() - start)
+        if getattr(getattr(upscaler, "config", None), "denoise_cond", False):
+            score.denoise = strength
         report.images.append(score)
         if on_image:
             on_image(score)

@@ -63,6 +63,9 @@ class UpscaleOptions:
     prompt_neg: str | None = None
     prompt_scale: float = 2.0
     sampler_dtype: torch.dtype = torch.float32
+    # Degradation strength for models with a denoise input: 0 keeps every detail of a clean input,
+    # 1 removes heavy JPEG/noise (`degrade.auto_strength(path)` estimates it from a file).
+    denoise: float = 0.0
 
     def validate(self) -> None:
         if self.scale not in SUPPORTED_SCALES:
@@ -75,6 +78,8 @@ class UpscaleOptions:
             raise UpscaleError("block batch must be at least 1")
         if self.state not in (None, "device", "host"):
             raise UpscaleError(f"state placement must be device or host (got {self.state!r})")
+        if not 0.0 <= self.denoise <= 1.0:
+            raise UpscaleError(f"denoise strength must be within 0..1 (got {self.denoise:g})")
 
 
 @dataclass
@@ -199,6 +204,15 @@ class Upscaler:
         return SamplerOptions(s_churn=options.churn, arithmetic_dtype=options.sampler_dtype)
 
     def condition_vector(self, lr: Tensor, options: UpscaleOptions) -> Tensor | None:
+        """The model's per-image vector: CLIP image embedding of the LR in [-1, 1] (with the optional
+        text edit), then the denoise strength for models with that input."""
+        clip = self.clip_vector(lr, options)
+        if not self.config.denoise_cond:
+            return clip
+        strength = torch.full((1, 1), float(options.denoise), device=self.device)
+        return strength if clip is None else torch.cat([clip, strength.to(clip.dtype)], dim=-1)
+
+    def clip_vector(self, lr: Tensor, options: UpscaleOptions) -> Tensor | None:
         """CLIP image embedding of the LR in [-1, 1], with the optional text edit."""
         wants_prompt = bool(options.prompt_pos or options.prompt_neg)
         if not self.config.vector_dim:

@@ -7,8 +7,9 @@ import torch
 
 from infdit_cli.config import preset
 from infdit_cli.engine import Plan, StreamedRunner, WholeImageRunner, block_noise, plan_placement
+from infdit_cli.engine.cost import SpeedModel
 from infdit_cli.engine.memory import parameter_count, parse_size
-from infdit_cli.engine.placement import SpeedModel, plan_bytes
+from infdit_cli.engine.placement import plan_bytes
 from infdit_cli.model import InfDiT
 from tests.conftest import rel_err
 from tests.models import small_block

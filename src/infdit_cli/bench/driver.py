@@ -19,6 +19,7 @@ from infdit_cli.bench.machine import machine_info
 from infdit_cli.bench.options import BenchError, BlockBatch, dtype_name
 from infdit_cli.bench.report import BenchReport, BenchRow
 from infdit_cli.config import ModelConfig, preset
+from infdit_cli.engine.cost import flops_per_call
 from infdit_cli.engine.estimate import TimeEstimator
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
 from infdit_cli.engine.memory import (
@@ -30,7 +31,7 @@ from infdit_cli.engine.memory import (
     whole_image_memory_bytes,
 )
 from infdit_cli.engine.placement import Plan, budget_bytes, plan_placement
-from infdit_cli.engine.runner import StreamedRunner, WholeImageRunner, flops_per_call
+from infdit_cli.engine.runner import StreamedRunner, WholeImageRunner
 from infdit_cli.engine.timing import Clock, GroupTiming, sync, time_group
 from infdit_cli.model.network import Conditioning, InfDiT
 from infdit_cli.model.uniba import WholeImage

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from infdit_cli.config import ModelConfig
-from infdit_cli.engine.runner import flops_per_call
+from infdit_cli.engine.cost import flops_per_call
 from infdit_cli.engine.timing import GroupTiming
 
 

@@ -3,31 +3,32 @@
 Square groups of the real engine are timed after an untimed run that pays one-off costs: 1, 2×2,
 4×4, … blocks up to about 4k tokens on a CPU (1…8 blocks a side with the default model's 8×8-token
 blocks) and 16k on CUDA (1, 2 and 4 with the released model's 32×32), each the fastest of two or
-three rounds (a busy machine only ever adds time), through the first two layers only when a block
-is slow (e.g. the x4 model on a CPU). `SpeedModel` reads any group's time off that table. Block
-noise is timed too (drawn per block, per sampler step). One `TimeEstimator` serves the pre-flight
-line, `--json` and `infdit bench`, so they show one figure.
+three rounds, re-timed while the timings disagree (engine/cost.py: `settle_timings`), through the
+first two layers only when a block is slow (e.g. the x4 model on a CPU). `SpeedModel` reads any
+group's time off that table. Block noise is timed too (drawn per block, per sampler step). One
+`TimeEstimator` serves the pre-flight line, `--json` and `infdit bench`, so they show one figure.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.engine.cost import (
+    SLOW_BLOCK_SECONDS,
+    SpeedModel,
+    calibration_sides,
+    settle_timings,
+    speed_from_timings,
+)
 from infdit_cli.engine.noise import block_noise
-from infdit_cli.engine.placement import Plan, SpeedModel
-from infdit_cli.engine.runner import StreamedRunner, flops_per_call
+from infdit_cli.engine.placement import Plan
+from infdit_cli.engine.runner import StreamedRunner
 from infdit_cli.engine.timing import Clock, sync, time_group
 from infdit_cli.model.network import InfDiT
-
-SLOW_BLOCK_SECONDS = 0.3  # above this per block (two layers), calibrate on the first two layers only
-# The largest timed group, in tokens. A CPU: 4k (8×8 blocks of the default model), past which a
-# 2-core EPYC runs no faster per block (64 blocks 1.68 ms each, 256 blocks 2.29 ms: caches spill) and
-# which keeps the warm-up near half a second. CUDA: 16k (4×4 blocks of x4), where the H200 saturates.
-CALIBRATION_TOKENS = {"cpu": 4096, "cuda": 16384}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Calibration:
     block_seconds: float  # one block alone, every layer
     noise_seconds_per_block: float
     warmup_seconds: float  # what calibrating cost
+    timings: int = 0  # groups timed, re-timings of a disturbed table included
+    discarded: tuple[int, ...] = ()  # group sizes (blocks) whose timing was implausible and replaced
 
 
 class TimeEstimator:
@@ -105,17 +108,12 @@ class TimeEstimator:
         if compiled:
             for side in sides:
                 self.time_square(side, layers)  # untimed: compiles this group shape
-        # Rounds over every size, so that a slow spell of a shared machine touches each size alike
-        # (not all repeats of one size, which would tilt the table and the planner's choice of n).
-        # The largest group, the costliest, is timed in the first two rounds only.
-        times: dict[int, float] = {}
-        for round_ in range(3):
-            for side in sides[:-1] if round_ == 2 else sides:
-                seconds = self.time_square(side, layers)
-                times[side * side] = min(seconds, times.get(side * side, seconds))
-        speed = speed_from_timings(cfg, times, self.device.type)
+        side_of = {side * side: side for side in sides}
+        settled = settle_timings(tuple(side_of), lambda blocks: self.time_square(side_of[blocks], layers),
+                                 rounds=3, cuda=self.device.type == "cuda")
+        speed = speed_from_timings(cfg, settled.table, self.device.type)
         noise = min(self._time_noise(cfg) for _ in range(3))  # the first draw pays one-off costs
-        return Calibration(speed, times[1], noise, self.clock() - start)
+        return Calibration(speed, settled.table[1], noise, self.clock() - start, settled.timings, settled.discarded)
 
     def _time_noise(self, cfg: ModelConfig) -> float:
         """Seconds of one block's noise, from a 4×4-block draw."""
@@ -125,31 +123,3 @@ class TimeEstimator:
         sync(self.device)
         return (self.clock() - start) / 16
 
-
-def calibration_sides(config: ModelConfig, device_type: str = "cpu") -> tuple[int, ...]:
-    """Square group sides to time: 1, 2, 4, … blocks while a group holds at most `CALIBRATION_TOKENS`
-    tokens, and at least three sides (1, 2, 3 for large blocks)."""
-    tokens = config.block_tokens**2
-    limit = CALIBRATION_TOKENS.get(device_type, CALIBRATION_TOKENS["cpu"])
-    sides = [1]
-    while (2 * sides[-1]) ** 2 * tokens <= limit:
-        sides.append(2 * sides[-1])
-    while len(sides) < 3:
-        sides.append(sides[-1] + 1)
-    return tuple(sides)
-
-
-def speed_from_timings(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:
-    """The speed model of timed square groups {blocks: seconds}; times made non-decreasing in size
-    (noise can time a bigger group faster), with the best rate reached and the fixed cost per group
-    and layer (from the two smallest groups) as its summary figures."""
-    measured: list[tuple[int, float]] = []
-    for g in sorted(times):
-        measured.append((g, max(times[g], measured[-1][1] if measured else 0.0)))
-    per_block = flops_per_call(config, (1, 1))
-    rate = max((g * per_block / t for g, t in measured if t > 0), default=0.0)
-    (g0, t0), (g1, t1) = measured[0], measured[min(1, len(measured) - 1)]
-    fixed = max(0.0, t0 - g0 * (t1 - t0) / (g1 - g0)) if g1 > g0 else 0.0
-    base = SpeedModel.for_device(device_type)
-    return replace(base, flops_per_s=rate or base.flops_per_s, group_seconds=fixed / config.num_layers,
-                   measured=tuple(measured))

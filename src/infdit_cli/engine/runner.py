@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from infdit_cli.config import ModelConfig
+from infdit_cli.engine.cost import flops_per_call
 from infdit_cli.engine.memory import accounted_device_bytes, group_activation_bytes
 from infdit_cli.engine.placement import Plan, smaller_plan
 from infdit_cli.engine.stream import StreamNeighbourhood
@@ -48,23 +48,6 @@ class EngineStats:
     block_batch: int = 0  # the n actually used (after any out-of-memory retry)
     placement: str = ""
     oom_retries: int = 0
-
-def flops_per_call(config: ModelConfig, grid: tuple[int, int]) -> float:
-    """Multiply-add FLOPs (×2) of one network call on an X×Y block grid."""
-    rows, cols = grid
-    blocks = rows * cols
-    t = config.block_tokens**2
-    c, m = config.hidden_size, config.mlp_hidden
-    per_token_layer = 2 * (4 * c * c + 2 * c * m + c * 4 * c // 4) + 2 * 2 * 4 * t * c
-    per_token_layer -= 2 * c * c  # adaLN is per call, not per token (counted once below)
-    total = blocks * t * config.num_layers * per_token_layer
-    total += blocks * t * 2 * (config.in_channels * config.patch_size**2 * c
-                               + c * config.patch_size**2 * config.image_channels)
-    if config.cross_lr:
-        w = (3 * config.lr_block_tokens) ** 2
-        total += blocks * (t * 2 * 2 * c * c + w * 2 * 2 * c * c + 2 * 2 * t * w * c)
-    return float(total)
-
 
 class _RunnerBase:
     def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None,

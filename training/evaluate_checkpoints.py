@@ -1,19 +1,23 @@
 """The model card's per-checkpoint table: `infdit eval`'s numbers for every kept checkpoint.
 
-    python training/evaluate_checkpoints.py /work/train_run/out /work/wallpapers/val [--sigma 0.003 ...]
+    python training/evaluate_checkpoints.py /work/train_run/out /work/wallpapers/val [--sigma 0.003 ...] \
+        [--degrade jpeg:75 ...] [--denoise 0.5]
 
-Each checkpoint is scored on the validation photographs as `infdit eval FOLDER --max-side 384`
-does (HR shrunk to long side 384, LR = antialiased bicubic ÷4 in 8 bits), with its own sampling
-(one Euler step), or at each --sigma given. Prints a markdown table.
+Each checkpoint is scored on the validation images as `infdit eval FOLDER --max-side 384`
+does (HR shrunk to long side 384, LR = antialiased bicubic ÷4 in 8 bits, optionally degraded as
+`--degrade` does), with its own sampling (one Euler step), or at each --sigma given, and the
+denoise strength `auto` reads (or --denoise). Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
 
+from infdit_cli.degrade import parse_degradation
 from infdit_cli.evaluate import evaluate
 from infdit_cli.pipeline import load_upscaler
 
@@ -24,23 +28,29 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--sigma", type=float, action="append")
     parser.add_argument("--every", type=int, default=1000, help="only checkpoints at multiples of this step")
+    parser.add_argument("--degrade", action="append", help="jpeg:Q or noise:S (repeatable; 'none' = clean)")
+    parser.add_argument("--denoise", type=float, help="strength for models with a denoise input (default: auto)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| step | σ | PSNR model | PSNR bicubic | Δ dB | SSIM model | SSIM bicubic | sharpness model | "
-          "sharpness bicubic |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| step | LR | σ | PSNR model | PSNR bicubic | Δ dB | SSIM model | SSIM bicubic | sharpness model | "
+          "sharpness bicubic | grid model | grid bicubic |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for ckpt in sorted(args.run.glob("ckpt_*.safetensors")):
         step = int(ckpt.stem.split("_")[1])
         if step % args.every:
             continue
         upscaler = load_upscaler(str(ckpt), torch.device("cpu"))
-        for sigma in args.sigma or [None]:
+        for spec, sigma in itertools.product(args.degrade or ["none"], args.sigma or [None]):
             s = sigma or float(upscaler.defaults["sigma_max"])  # (sigma_min is unused by one step)
             options = upscaler.options(scale=4, sigma_max=s, sigma_min=s / 2)
-            m = evaluate(upscaler, args.folder, options, max_side=384).mean()
-            print(f"| {step} | {options.sigma_max:g} | {m['psnr']:.2f} | {m['psnr_bicubic']:.2f} | "
+            degradation = None if spec == "none" else parse_degradation(spec)
+            denoise = args.denoise if upscaler.config.denoise_cond else None
+            m = evaluate(upscaler, args.folder, options, max_side=384, degradation=degradation,
+                         denoise=denoise).mean()
+            print(f"| {step} | {spec} | {options.sigma_max:g} | {m['psnr']:.2f} | {m['psnr_bicubic']:.2f} | "
                   f"{m['psnr'] - m['psnr_bicubic']:+.2f} | {m['ssim']:.4f} | {m['ssim_bicubic']:.4f} | "
-                  f"{m['sharpness']:.3f} | {m['sharpness_bicubic']:.3f} |", flush=True)
+                  f"{m['sharpness']:.3f} | {m['sharpness_bicubic']:.3f} | {m['grid']:.3f} | "
+                  f"{m['grid_bicubic']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

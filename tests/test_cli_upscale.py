@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -201,29 +202,36 @@ def test_decompression_bomb_is_refused(model_dir, tmp_path, monkeypatch):
     assert no_outputs(tmp_path)
 
 
-def test_ctrl_c_leaves_no_partial_output(model_dir, tmp_path):
-    src = rgb_image(tmp_path / "big.png", 160, 160)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "infdit_cli", "upscale", str(src), "--model", str(model_dir), "--steps", "50"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        line = proc.stderr.readline()
-        if "network calls" in line:  # the pre-flight line: sampling is about to start
-            break
-    time.sleep(1.0)
+def test_ctrl_c_leaves_no_partial_output_and_says_how_to_continue(model_dir, tmp_path):
+    first, big = rgb_image(tmp_path / "a.png", 16, 16), rgb_image(tmp_path / "big.png", 96, 96, seed=1)
+    ckpt = tmp_path / "ckpt"
+    args = ["upscale", str(first), str(big), "--model", str(model_dir), "--steps", "8", "--sampler", "euler",
+            "--checkpoint", str(ckpt)]
+    proc = subprocess.Popen([sys.executable, "-m", "infdit_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"), text=True)
+    # The event: big.png's sampling state saved after its first step, so the run is inside that image.
+    deadline = time.monotonic() + 120
+    while not list(ckpt.glob("big_x4.png-*/pass0-manifest.json")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "big.png's sampling never started"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    assert "Traceback" not in stderr
-    assert not (tmp_path / "big_x4.png").exists()
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert not (tmp_path / "big_x4.png").exists() and (tmp_path / "a_x4.png").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    lines = stderr.splitlines()
+    assert lines[-2].startswith("interrupted: 1 written, 0 skipped, 0 failed of 2 in "), lines[-2:]
+    assert lines[-1] == "to continue: infdit " + " ".join([*args, "--skip-existing"])
+    # The command it prints continues: a.png is skipped, big.png resumes from its checkpoint (that resuming
+    # gives the uninterrupted image is held in test_checkpoint.py and test_distributed.py).
+    res = runner.invoke(app, [*args, "--skip-existing", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert (summary["written"], summary["skipped"]) == (1, 1) and (tmp_path / "big_x4.png").is_file()
 
 
 def test_model_sampling_defaults_apply_unless_overridden(tmp_path):
-    import json
-
     from infdit_cli.model import InfDiT
     from infdit_cli.weights import save_model
 

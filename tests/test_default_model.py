@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from infdit_cli.cli_common import default_model_path
 from infdit_cli.evaluate import bicubic_upscale, downscale, psnr, quantise, sharpness_ratio, shave
-from infdit_cli.pipeline import load_upscaler
+from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+from infdit_cli.weights import default_model_path
 
 pytestmark = pytest.mark.usefixtures("calibrate_once")
 
@@ -26,7 +26,7 @@ def upscaler():
 @pytest.mark.parametrize("colour", [(128, 128, 128), (200, 30, 30), (12, 12, 12), (245, 245, 245)])
 def test_constant_colour_stays_constant(upscaler, colour):
     lr = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 24, 40) / 255
-    out = quantise(upscaler.upscale(lr, upscaler.options(scale=4)).image)
+    out = quantise(upscaler.upscale(lr, UpscaleOptions(scale=4)).image)
     assert out.shape == (1, 3, 96, 160)
     deviation = (out - torch.tensor(colour).view(1, 3, 1, 1)).abs()
     assert deviation.max() <= 2, f"max deviation {deviation.max():.0f} levels"
@@ -42,7 +42,7 @@ def test_beats_bicubic_on_a_held_out_photo(upscaler):
     arr = np.asarray(Image.open(example).convert("RGB"), dtype=np.uint8).copy()
     hr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
     lr = downscale(hr)
-    sr = upscaler.upscale(lr, upscaler.options(scale=4)).image.float()
+    sr = upscaler.upscale(lr, UpscaleOptions(scale=4)).image.float()
     truth, model, bic = (shave(quantise(x)) for x in (hr, sr, bicubic_upscale(lr)))
     gain = psnr(model, truth) - psnr(bic, truth)
     assert gain > 0.3, f"{gain:+.2f} dB over bicubic"

@@ -149,11 +149,12 @@ def true_call_seconds(machine, grid: tuple[int, int], n: int) -> float:
 
 @pytest.mark.parametrize("machine", [default_model_machine, cache_bound_machine])
 def test_a_slow_spell_during_calibration_never_costs_more_than_30_percent(machine):
-    """Any spell of the shared machine (2× to 17× slower, 1 to 13 timings long, starting anywhere): the
-    plan stays within 1.3× of the best. Keeping each size's fastest timing alone chose n=1 (17× slower)."""
+    """Any spell of the shared machine (2× to 40× slower, 1 to 13 timings long or to the end, starting
+    anywhere): the plan stays within 1.3× of the best. Keeping each size's fastest timing alone (the
+    calibration before) chose n=1 for some of them: 17× slower."""
     cfg, grid, sizes = preset("tiny", block_size=32), (32, 128), (1, 4, 16, 64)
     fooled = 0
-    for factor, length, start in itertools.product((2.0, 4.0, 17.0), (1, 2, 3, 5, 8, 13), range(14)):
+    for factor, length, start in itertools.product((2.0, 4.0, 17.0, 40.0), (1, 2, 3, 5, 8, 13, 100), range(14)):
         settled = settle_timings(sizes, slowed(machine, start, length, factor), rounds=3, cuda=False)
         assert plan_cost(cfg, settled.table, machine, grid) <= 1.3, (factor, length, start, settled)
         assert settled.timings <= 11 + RETIME_ROUNDS * len(sizes)
@@ -166,7 +167,7 @@ def test_a_slow_spell_during_calibration_never_costs_more_than_30_percent(machin
 
 
 def test_no_table_says_a_block_alone_is_several_times_cheaper():
-    table, discarded = without_implausible_falls({1: 0.0325, 4: 0.037, 16: 0.94, 64: 2.16}, cuda=False)
+    table, discarded = without_implausible_falls({1: 0.0325, 4: 0.037, 16: 1.6, 64: 3.2}, cuda=False)
     assert discarded == (16, 64)
     assert all(table[g] / g <= MAX_PER_BLOCK_FALL * table[1] for g in table)
     assert table[64] / 64 < table[16] / 16 < table[4] / 4  # the form of the timings kept: fixed cost + per block

@@ -186,15 +186,21 @@ def test_one_step_objective_learns_and_records_its_sampling(tmp_path):
 
 
 def test_one_step_model_warns_when_sampled_otherwise(tmp_path):
-    from infdit_cli.pipeline import load_upscaler
+    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
 
     result = train(one_step_config(tmp_path, steps=1))
     upscaler = load_upscaler(str(result.model_path), torch.device("cpu"))
     own = upscaler.options()
     assert (own.sampler, own.steps, own.sigma_max) == ("euler", 1, 0.003)
     assert upscaler.sampling_warning(own) is None
-    warning = upscaler.sampling_warning(upscaler.options(steps=20, sampler="heun-edm"))
+    # One step from the same σ is the same image whatever the sampler, σ_min or ρ: no warning.
+    same = UpscaleOptions(sampler="heun-edm", steps=1, sigma_min=0.001, rho=3.0)
+    assert upscaler.sampling_warning(same) is None
+    assert torch.equal(upscaler.upscale(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), same).image,
+                       upscaler.upscale(torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), own).image)
+    warning = upscaler.sampling_warning(UpscaleOptions(steps=20, sampler="heun-edm"))
     assert warning and "one euler step" in warning and "\n" not in warning
+    assert upscaler.sampling_warning(UpscaleOptions(sigma_max=0.5)) is not None
 
 
 class Killed(Exception):

@@ -19,7 +19,7 @@ import torch
 
 from infdit_cli.degrade import parse_degradation
 from infdit_cli.evaluate import evaluate
-from infdit_cli.pipeline import load_upscaler
+from infdit_cli.pipeline import UpscaleOptions, load_upscaler
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         upscaler = load_upscaler(str(ckpt), torch.device("cpu"))
         for spec, sigma in itertools.product(args.degrade or ["none"], args.sigma or [None]):
             s = sigma or float(upscaler.defaults["sigma_max"])  # (sigma_min is unused by one step)
-            options = upscaler.options(scale=4, sigma_max=s, sigma_min=s / 2)
+            options = upscaler.options(UpscaleOptions(scale=4, sigma_max=s, sigma_min=s / 2))
             degradation = None if spec == "none" else parse_degradation(spec)
             denoise = args.denoise if upscaler.config.denoise_cond else None
             m = evaluate(upscaler, args.folder, options, max_side=384, degradation=degradation,

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from infdit_cli.cli_common import default_model_path
 from infdit_cli.evaluate import bicubic_upscale, downscale, load_hr, quantise
-from infdit_cli.pipeline import load_upscaler
+from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+from infdit_cli.weights import default_model_path
 
 CROP, ZOOM, LABEL = 120, 2, 18
 
@@ -30,7 +30,7 @@ def main(src: Path, dst: Path, top: int = 60, left: int = 150) -> None:
     hr = load_hr(src, 384)
     lr = downscale(hr)
     upscaler = load_upscaler(str(default_model_path()), torch.device("cpu"))
-    sr = upscaler.upscale(lr, upscaler.options(scale=4)).image.float()
+    sr = upscaler.upscale(lr, upscaler.options(UpscaleOptions(scale=4))).image.float()
     panels = [("bicubic", bicubic_upscale(lr)), ("infdit default", sr), ("original", hr)]
     side = CROP * ZOOM
     sheet = Image.new("RGB", (3 * side + 8, side + LABEL), "white")

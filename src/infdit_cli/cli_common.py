@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from enum import Enum
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from infdit_cli import errors
+from infdit_cli.samplers.schedules import RELEASED
 
 
 class OptionError(errors.InfditError):
@@ -62,16 +61,18 @@ DEVICE_HELP = "Device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
 # Options that `upscale` and `eval` share, spelt once (defaults None = the model's own, else ours).
 ModelOption = Annotated[str | None, typer.Option(
     help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")]
-StepsOption = Annotated[int | None, typer.Option(help="Sampler steps.", show_default="the model's, else 20")]
+StepsOption = Annotated[int | None, typer.Option(
+    help="Sampler steps.", show_default=f"the model's, else {RELEASED.steps}")]
 SamplerOption = Annotated[str | None, typer.Option(
-    help="Sampler plugin (see `infdit samplers`).", show_default="the model's, else heun-edm")]
+    help="Sampler plugin (see `infdit samplers`).", show_default=f"the model's, else {RELEASED.sampler}")]
 SigmaMinOption = Annotated[float | None, typer.Option(
-    help="Smallest noise level.", show_default="the model's, else 0.002")]
+    help="Smallest noise level.", show_default=f"the model's, else {RELEASED.sigma_min:g}")]
 SigmaMaxOption = Annotated[float | None, typer.Option(
-    help="Largest noise level.", show_default="the model's, else 40")]
-RhoOption = Annotated[float | None, typer.Option(help="Karras schedule exponent.", show_default="the model's, else 7")]
+    help="Largest noise level.", show_default=f"the model's, else {RELEASED.sigma_max:g}")]
+RhoOption = Annotated[float | None, typer.Option(
+    help="Karras schedule exponent.", show_default=f"the model's, else {RELEASED.rho:g}")]
 ChurnOption = Annotated[float | None, typer.Option(
-    help="EDM stochastic churn (0 = deterministic).", show_default="the model's, else 0")]
+    help="EDM stochastic churn (0 = deterministic).", show_default=f"the model's, else {RELEASED.churn:g}")]
 BlockBatchOption = Annotated[str | None, typer.Option(
     help="Blocks per group side n, or auto (the fastest plan that fits the memory).", show_default="auto")]
 MaxMemoryOption = Annotated[str | None, typer.Option(
@@ -109,12 +110,6 @@ def parse_block_batch(text: str | None) -> int | None:
 
 err = Console(stderr=True)
 out = Console()
-
-
-def default_model_path() -> Path | None:
-    """The model shipped inside the package, if this build has one."""
-    folder = Path(str(resources.files("infdit_cli") / "assets" / "default-model"))
-    return folder if (folder / "model.safetensors").is_file() else None
 
 
 def report_error(message: str) -> None:

@@ -30,7 +30,6 @@ from infdit_cli.cli_common import (
     SigmaMinOption,
     StepsOption,
     cli_errors,
-    default_model_path,
     err,
     fail,
     info,
@@ -201,7 +200,8 @@ def eval_command(
     from infdit_cli.degrade import parse_degradation
     from infdit_cli.engine.memory import parse_size
     from infdit_cli.evaluate import evaluate
-    from infdit_cli.pipeline import load_upscaler
+    from infdit_cli.pipeline import UpscaleOptions, load_upscaler
+    from infdit_cli.weights import default_model_path
 
     n = parse_block_batch(block_batch)
     strength = parse_denoise(denoise)
@@ -211,11 +211,12 @@ def eval_command(
     if source is None:
         raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
     upscaler = load_upscaler(source, dev, parse_dtype(dtype, dev.type))
-    options = upscaler.options(scale=4, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
-                               rho=rho, churn=churn, seed=seed, block_batch=n,
-                               max_memory=parse_size(max_memory) if max_memory else None)
+    asked = UpscaleOptions(scale=4, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
+                           rho=rho, churn=churn, seed=seed, block_batch=n,
+                           max_memory=parse_size(max_memory) if max_memory else None)
+    options = upscaler.options(asked)
     options.validate()
-    warning = upscaler.sampling_warning(options)
+    warning = upscaler.sampling_warning(asked)
     if warning:
         info(f"warning: {warning}", style="yellow")
     if not as_json:

@@ -27,7 +27,6 @@ from infdit_cli.cli_common import (
     SigmaMinOption,
     StepsOption,
     cli_errors,
-    default_model_path,
     err,
     fail,
     info,
@@ -109,11 +108,10 @@ def upscale_command(
         output_format(fmt)
     if overwrite and skip_existing:
         raise fail("--overwrite and --skip-existing exclude each other")
-    given = _sampling_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
-                              rho=rho, churn=churn, seed=seed, block_batch=parse_block_batch(block_batch),
-                              max_memory=max_memory,
-                              prompt_pos=prompt_pos, prompt_neg=prompt_neg, prompt_scale=prompt_scale,
-                              sampler_dtype=sampler_dtype)
+    options = _upscale_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
+                               rho=rho, churn=churn, seed=seed, block_batch=parse_block_batch(block_batch),
+                               max_memory=max_memory, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
+                               prompt_scale=prompt_scale, sampler_dtype=sampler_dtype)
     from infdit_cli.distributed import join
 
     session = join(pick_device(device))  # under torchrun: this rank, its device and the process group
@@ -155,7 +153,12 @@ def upscale_command(
         settings = RunSettings(scale=scale, fmt=fmt, model=model, clip=clip, device=device, dtype=dtype,
                                quiet=quiet, verbose=verbose, checkpoint=checkpoint, split_image=split_image,
                                compile=compile, denoise=parse_denoise(denoise))
-        run_info = _run_jobs(jobs, batch, given, settings, session)
+        try:
+            run_info = _run_jobs(jobs, batch, options, settings, session)
+        except KeyboardInterrupt:
+            if not quiet:
+                _interrupted(batch, total_inputs, run_start)
+            raise typer.Exit(130) from None
     _finish(batch, run_info, total_inputs, run_start, as_json, quiet, session)
 
 
@@ -192,8 +195,12 @@ class Batch:
         self.failures.append({"input": None if source is None else str(source), "error": errors.one_line(exc)})
 
 
-def _sampling_options(max_memory: str | None, sampler_dtype: SamplerDtype, **given: Any) -> dict[str, Any]:
-    """The UpscaleOptions fields the user gave (None = the model's default), checked before any file or model."""
+def _upscale_options(*, scale: int, steps: int | None, sampler: str | None, sigma_min: float | None,
+                     sigma_max: float | None, rho: float | None, churn: float | None, seed: int,
+                     block_batch: int | None, max_memory: str | None, prompt_pos: str | None,
+                     prompt_neg: str | None, prompt_scale: float, sampler_dtype: SamplerDtype) -> Any:
+    """The run's UpscaleOptions, built once from the command line and checked before any file or model;
+    sampling fields not given stay None (the model's own sampling, filled in once it is loaded)."""
     import torch
 
     from infdit_cli.engine.memory import parse_size
@@ -201,98 +208,57 @@ def _sampling_options(max_memory: str | None, sampler_dtype: SamplerDtype, **giv
     from infdit_cli.samplers import SamplerOptions, get_sampler
 
     try:
-        given["max_memory"] = parse_size(max_memory) if max_memory else None
+        memory = parse_size(max_memory) if max_memory else None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    given["sampler_dtype"] = torch.bfloat16 if sampler_dtype == SamplerDtype.bf16 else torch.float32
-    UpscaleOptions(**{k: v for k, v in given.items() if v is not None}).validate()
-    if given["sampler"] is not None:
-        get_sampler(given["sampler"], SamplerOptions(s_churn=given["churn"] or 0.0))
-    return given
+    options = UpscaleOptions(
+        scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn,
+        seed=seed, block_batch=block_batch, max_memory=memory, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
+        prompt_scale=prompt_scale,
+        sampler_dtype=torch.bfloat16 if sampler_dtype == SamplerDtype.bf16 else torch.float32)
+    options.validate()
+    if sampler is not None:
+        get_sampler(sampler, SamplerOptions(s_churn=churn or 0.0))
+    return options
 
 
-def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettings, session: Any) -> dict[str, Any]:
+@dataclass
+class Loaded:
+    """The model ready for a batch: its upscaler, the run's options with its sampling, the calibrated
+    time estimate, and what the JSON summary says about the run."""
+
+    upscaler: Any
+    options: Any  # UpscaleOptions, sampling filled in
+    estimator: Any
+    model_hash: str  # for --checkpoint
+    run_info: dict[str, Any]
+    load_seconds: float  # reading the model and CLIP (not compiling or calibrating)
+
+
+@dataclass
+class Done:
+    """One upscaled image, for its record."""
+
+    size: tuple[int, int]
+    options: Any  # this image's UpscaleOptions (its denoise strength)
+    plans: list
+    estimate: float
+    result: Any
+    seconds: tuple[float, float, float, float]  # start, decoded, upscaled, end (perf_counter)
+
+
+def _run_jobs(jobs: list[Job], batch: Batch, options: Any, a: RunSettings, session: Any) -> dict[str, Any]:
     """Load the model once and upscale every job; a failing image is reported and the batch goes on.
 
     Returns what the JSON summary says about the run (model, sampler, steps, seed, device, load time).
     """
-    import torch
-
-    from infdit_cli.imageio import check_output_size, format_losses, load_image, output_format, save_image
-    from infdit_cli.pipeline import load_upscaler
-    from infdit_cli.preprocess import upscale_alpha
-    from infdit_cli.samplers import SamplerOptions, get_sampler
-
-    quiet, scale, seed = a.quiet, a.scale, given["seed"]
-    load_start = time.perf_counter()
     from infdit_cli.distributed import DistributedError
-    from infdit_cli.distributed.checkpoint import model_digest
 
-    split, writes = a.split_image, session.writes(a.split_image)
-    dev = session.device
-    model_source = a.model or (str(default_model_path()) if default_model_path() else None)
-    if model_source is None:
-        raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
-    upscaler = load_upscaler(model_source, dev, parse_dtype(a.dtype, dev.type), a.clip,
-                             need_text=bool(given["prompt_pos"] or given["prompt_neg"]))
-    options = upscaler.options(**given)
-    options.validate()
-    get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
-    if a.denoise is not None and not upscaler.config.denoise_cond:
-        raise fail("this model has no denoise input; drop --denoise (or use a model trained with it)")
-    warning = upscaler.sampling_warning(options)
-    if warning and not quiet:
-        info(f"warning: {warning}", "yellow")
-    model_hash = model_digest(upscaler.model) if a.checkpoint is not None else ""
-    load_seconds = time.perf_counter() - load_start
-    run_info = {"model": model_source, "sampler": options.sampler, "steps": options.steps, "seed": seed,
-                "device": dev.type, "dtype": str(upscaler.dtype).removeprefix("torch.")}
-    if not quiet:
-        info(f"model {model_source} on {dev.type} ({run_info['dtype']}), "
-             f"sampler {options.sampler}, {options.steps} steps, seed {seed}")
-    if a.compile:
-        from infdit_cli.model.network import compile_unavailable
-
-        reason = compile_unavailable(dev.type)
-        if reason:
-            raise fail(f"--compile is not available here: {reason}")
-        upscaler.model.compile_layers()
-    from infdit_cli.engine.estimate import TimeEstimator
-
-    estimator = TimeEstimator(upscaler.model)
-    calibrate_start = time.perf_counter()
-    estimator.calibration  # the short warm-up, here so that no image's timing includes it  # noqa: B018
-    run_info["calibrate_s"] = round(time.perf_counter() - calibrate_start, 3)
-
-    with ImageProgress(err, quiet=quiet, every=PLAIN_PROGRESS_EVERY, batch_total=len(jobs)) as progress:
+    loaded = _load(options, a, session)
+    with ImageProgress(err, quiet=a.quiet, every=PLAIN_PROGRESS_EVERY, batch_total=len(jobs)) as progress:
         for job in jobs:
-            start = time.perf_counter()
             try:
-                image = load_image(job.source)
-                decoded = time.perf_counter()
-                w, h = image.size
-                out_fmt = output_format(a.fmt or job.target.suffix)
-                check_output_size(w * scale, h * scale, out_fmt, image)
-                if not quiet:
-                    for loss in format_losses(out_fmt, image):
-                        info(f"warning: {job.target.name}: {loss}", "yellow")
-                image_options, denoise_note = _with_denoise(upscaler, options, a.denoise, job.source)
-                plans = upscaler.plan((h, w), image_options, speed=estimator.calibration.speed)
-                estimate = sum(estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
-                if not quiet:
-                    _preflight(job, image.size, scale, plans, estimate, denoise_note)
-                progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
-                tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
-                resumable = session.checkpoint(a.checkpoint, job.target, model_hash, split)
-                with layer_ticks(upscaler.model, progress):
-                    result = session.upscale(upscaler, tensor, image_options, plans, progress.blocks_done, resumable,
-                                             split)
-                upscaled = time.perf_counter()
-                if writes:  # a split image is written by rank 0 only
-                    alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
-                    save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
-                    if resumable is not None:
-                        resumable.clear()
+                done = _upscale_one(job, loaded, a, session, progress)
             except DistributedError:
                 raise  # a lost peer ends the run on every rank, not just this image
             except errors.InfditError as exc:
@@ -300,27 +266,127 @@ def _run_jobs(jobs: list[Job], batch: Batch, given: dict[str, Any], a: RunSettin
                 batch.failed(job.source, exc)
                 continue
             progress.end_image()
-            if not writes:
-                continue
-            end = time.perf_counter()
-            record = {"input": str(job.source), "output": str(job.target), "input_size": [w, h],
-                      "output_size": [w * scale, h * scale], "seconds": round(end - start, 3),
-                      "timings": {"decode_s": round(decoded - start, 3), "upscale_s": round(upscaled - decoded, 3),
-                                  "encode_s": round(end - upscaled, 3)},
-                      "estimated_upscale_s": round(estimate, 3), **_memory_fields(result, plans),
-                      "network_calls": sum(s.calls for s in result.stats), **run_info}
-            if upscaler.config.denoise_cond:
-                record["denoise"] = round(image_options.denoise, 4)
-            batch.results.append(record)
-            if not quiet:
-                info(f"wrote {job.target} ({w * scale}x{h * scale}) in {end - start:.1f} s")
-            if a.verbose:
-                for s in result.stats:
-                    info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
-                         f"KV band {format_bytes(s.peak_kv_bytes)}, {s.placement}, device peak "
-                         f"{format_bytes(s.peak_device_bytes)} ({s.peak_device_source})")
-    run_info["load_s"] = round(load_seconds, 3)
-    return run_info
+            if session.writes(a.split_image):  # a split image is recorded by rank 0, which wrote it
+                batch.results.append(_record(job, done, loaded, a))
+    loaded.run_info["load_s"] = round(loaded.load_seconds, 3)
+    return loaded.run_info
+
+
+def _load(options: Any, a: RunSettings, session: Any) -> Loaded:
+    """The model (and CLIP) on this rank's device, the options with its own sampling, the calibration."""
+    from infdit_cli.distributed.checkpoint import model_digest
+    from infdit_cli.engine.estimate import TimeEstimator
+    from infdit_cli.pipeline import load_upscaler
+    from infdit_cli.samplers import SamplerOptions, get_sampler
+    from infdit_cli.weights import default_model_path
+
+    load_start = time.perf_counter()
+    dev = session.device
+    model_source = a.model or (str(default_model_path()) if default_model_path() else None)
+    if model_source is None:
+        raise fail("no default model is installed with this build; pass --model PATH_OR_REPO")
+    upscaler = load_upscaler(model_source, dev, parse_dtype(a.dtype, dev.type), a.clip,
+                             need_text=bool(options.prompt_pos or options.prompt_neg))
+    asked, options = options, upscaler.options(options)
+    options.validate()
+    get_sampler(options.sampler, SamplerOptions(s_churn=options.churn))
+    if a.denoise is not None and not upscaler.config.denoise_cond:
+        raise fail("this model has no denoise input; drop --denoise (or use a model trained with it)")
+    warning = upscaler.sampling_warning(asked)
+    if warning and not a.quiet:
+        info(f"warning: {warning}", "yellow")
+    model_hash = model_digest(upscaler.model) if a.checkpoint is not None else ""
+    load_seconds = time.perf_counter() - load_start
+    run_info = {"model": model_source, "sampler": options.sampler, "steps": options.steps, "seed": options.seed,
+                "device": dev.type, "dtype": str(upscaler.dtype).removeprefix("torch.")}
+    if not a.quiet:
+        info(f"model {model_source} on {dev.type} ({run_info['dtype']}), "
+             f"sampler {options.sampler}, {options.steps} steps, seed {options.seed}")
+    if a.compile:
+        from infdit_cli.model.network import compile_unavailable
+
+        reason = compile_unavailable(dev.type)
+        if reason:
+            raise fail(f"--compile is not available here: {reason}")
+        upscaler.model.compile_layers()
+    estimator = TimeEstimator(upscaler.model)
+    calibrate_start = time.perf_counter()
+    estimator.calibration  # the short warm-up, here so that no image's timing includes it  # noqa: B018
+    run_info["calibrate_s"] = round(time.perf_counter() - calibrate_start, 3)
+    return Loaded(upscaler, options, estimator, model_hash, run_info, load_seconds)
+
+
+def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Any, progress: ImageProgress) -> Done:
+    """Decode, plan (pre-flight line), upscale and, on the rank that writes it, encode one image."""
+    import torch
+
+    from infdit_cli.imageio import check_output_size, format_losses, load_image, output_format, save_image
+    from infdit_cli.preprocess import upscale_alpha
+
+    upscaler, scale = loaded.upscaler, a.scale
+    start = time.perf_counter()
+    image = load_image(job.source)
+    decoded = time.perf_counter()
+    w, h = image.size
+    out_fmt = output_format(a.fmt or job.target.suffix)
+    check_output_size(w * scale, h * scale, out_fmt, image)
+    if not a.quiet:
+        for loss in format_losses(out_fmt, image):
+            info(f"warning: {job.target.name}: {loss}", "yellow")
+    options, denoise_note = _with_denoise(upscaler, loaded.options, a.denoise, job.source)
+    plans = upscaler.plan((h, w), options, speed=loaded.estimator.calibration.speed)
+    estimate = sum(loaded.estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
+    if not a.quiet:
+        _preflight(job, image.size, scale, plans, estimate, denoise_note)
+    progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
+    tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
+    resumable = session.checkpoint(a.checkpoint, job.target, loaded.model_hash, a.split_image)
+    with layer_ticks(upscaler.model, progress):
+        result = session.upscale(upscaler, tensor, options, plans, progress.blocks_done, resumable, a.split_image)
+    upscaled = time.perf_counter()
+    if session.writes(a.split_image):  # a split image is written by rank 0 only
+        alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
+        save_image(job.target, result.image[0].permute(1, 2, 0), alpha, image, out_fmt)
+        if resumable is not None:
+            resumable.clear()
+    return Done((w, h), options, plans, estimate, result, (start, decoded, upscaled, time.perf_counter()))
+
+
+def _record(job: Job, done: Done, loaded: Loaded, a: RunSettings) -> dict[str, Any]:
+    """The image's --json record; its 'wrote' line (and engine figures with --verbose) on stderr."""
+    (w, h), scale = done.size, a.scale
+    start, decoded, upscaled, end = done.seconds
+    record = {"input": str(job.source), "output": str(job.target), "input_size": [w, h],
+              "output_size": [w * scale, h * scale], "seconds": round(end - start, 3),
+              "timings": {"decode_s": round(decoded - start, 3), "upscale_s": round(upscaled - decoded, 3),
+                          "encode_s": round(end - upscaled, 3)},
+              "estimated_upscale_s": round(done.estimate, 3), **_memory_fields(done.result, done.plans),
+              "network_calls": sum(s.calls for s in done.result.stats), **loaded.run_info}
+    if loaded.upscaler.config.denoise_cond:
+        record["denoise"] = round(done.options.denoise, 4)
+    if not a.quiet:
+        info(f"wrote {job.target} ({w * scale}x{h * scale}) in {end - start:.1f} s")
+    if a.verbose:
+        for s in done.result.stats:
+            info(f"  engine: {s.calls} calls, {s.tokens:,} tokens, {s.flops / 1e12:.2f} TFLOP, "
+                 f"KV band {format_bytes(s.peak_kv_bytes)}, {s.placement}, device peak "
+                 f"{format_bytes(s.peak_device_bytes)} ({s.peak_device_source})")
+    return record
+
+
+def _interrupted(batch: Batch, total_inputs: int, run_start: float) -> None:
+    """After Ctrl-C: what the batch did so far, and the command that continues it (no finished file is
+    redone, and an image with --checkpoint resumes at its last step)."""
+    import shlex
+    import sys
+
+    args = [arg for arg in sys.argv[1:] if arg != "--overwrite"]
+    if "--skip-existing" not in args:
+        args.append("--skip-existing")
+    failed = len(batch.failures)
+    info(f"interrupted: {len(batch.results)} written, {batch.skipped} skipped, {failed} failed of "
+         f"{total_inputs} in {format_duration(time.perf_counter() - run_start)}", "red")
+    info(f"to continue: {shlex.join(['infdit', *args])}")
 
 
 def _finish(batch: Batch, run_info: dict[str, Any] | None, total_inputs: int, run_start: float, as_json: bool,

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from infdit_cli.engine.measure import RssPeak, reset_device_peak
 from infdit_cli.errors import InfditError
 from infdit_cli.model import EDMDenoiser, InfDiT
 from infdit_cli.preprocess import bicubic_resize, pad_to_multiple, upsample_lr
-from infdit_cli.samplers import SamplerOptions, get_sampler, karras_sigmas
+from infdit_cli.samplers import RELEASED, SamplerOptions, Sampling, get_sampler, karras_sigmas
 
 SUPPORTED_SCALES = (2, 4, 8, 16)
 PASSES = {2: (2,), 4: (4,), 8: (4, 2), 16: (4, 4)}
@@ -48,13 +48,17 @@ class UpscaleError(InfditError):
 
 @dataclass(frozen=True)
 class UpscaleOptions:
+    """How to upscale. The sampling fields (sampler … churn) left None are the model's own sampling
+    (a one-step model records one Euler step at its σ), else the released Inf-DiT's (`samplers.RELEASED`):
+    `Upscaler.upscale` and `Upscaler.plan` fill them in (`Upscaler.options`)."""
+
     scale: int = 4
-    steps: int = 20
-    sampler: str = "heun-edm"
-    sigma_min: float = 0.002
-    sigma_max: float = 40.0
-    rho: float = 7.0
-    churn: float = 0.0
+    steps: int | None = None
+    sampler: str | None = None
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    rho: float | None = None
+    churn: float | None = None
     seed: int = 0
     block_batch: int | None = None  # None ("auto"): the placement planner picks the fastest n that fits
     max_memory: int | None = None
@@ -70,9 +74,11 @@ class UpscaleOptions:
     def validate(self) -> None:
         if self.scale not in SUPPORTED_SCALES:
             raise UpscaleError(f"unsupported scale {self.scale}; use one of {', '.join(map(str, SUPPORTED_SCALES))}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise UpscaleError(f"steps must be at least 1 (got {self.steps})")
-        if not 0 < self.sigma_min < self.sigma_max:
+        low = self.sigma_min if self.sigma_min is not None else math.ulp(0.0)
+        high = self.sigma_max if self.sigma_max is not None else math.inf
+        if not 0 < low < high:
             raise UpscaleError("need 0 < sigma-min < sigma-max")
         if self.block_batch is not None and self.block_batch < 1:
             raise UpscaleError("block batch must be at least 1")
@@ -121,7 +127,7 @@ class PassInputs:
 SampleHook = Callable[[Any, Callable[..., Tensor], Tensor, Tensor, Callable[[int], Tensor], int], Tensor]
 
 
-SAMPLING_FIELDS = ("sampler", "steps", "sigma_min", "sigma_max", "rho", "churn")
+SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling))
 
 
 def sampling_defaults(metadata: dict[str, str]) -> dict[str, object]:
@@ -160,22 +166,32 @@ class Upscaler:
         self.objective = objective or {}  # how it was trained ("one-step" models know one sampling only)
 
     def sampling_warning(self, options: UpscaleOptions) -> str | None:
-        """One line when a one-step model is asked to sample otherwise than it was trained (it still runs)."""
+        """One line when a one-step model is asked to sample so that its output can differ from what it was
+        trained for (it still runs). Settings that give the same image warn nothing: the same σ schedule
+        and churn, and any sampler for one step (every sampler's last step to σ = 0 returns the denoised)."""
         if self.objective.get("kind") != "one-step":
             return None
-        own = {k: self.defaults[k] for k in ("sampler", "steps", "sigma_max") if k in self.defaults}
-        asked = {k: getattr(options, k) for k in own}
-        if asked == own:
-            return None
-        return (f"this model was trained for one {own.get('sampler', 'euler')} step at sigma "
-                f"{own.get('sigma_max', '?')} from the bicubic start (a one-step residual upscaler); "
-                f"{options.sampler}, {options.steps} step(s), sigma-max {options.sigma_max:g} will likely look worse")
+        own, asked = self.options(), self.options(options)
 
-    def options(self, **given: object) -> UpscaleOptions:
-        """UpscaleOptions from what the user gave (None = not given), else the model's defaults, else ours."""
-        chosen = {k: v for k, v in self.defaults.items()}
-        chosen.update({k: v for k, v in given.items() if v is not None})
-        return UpscaleOptions(**chosen)  # type: ignore[arg-type]
+        def schedule(o: UpscaleOptions) -> list[float]:
+            return karras_sigmas(o.steps, o.sigma_min, o.sigma_max, o.rho).tolist()  # type: ignore[arg-type]
+
+        same = schedule(asked) == schedule(own) and asked.churn == own.churn
+        if same and (asked.sampler == own.sampler or asked.steps == 1):
+            return None
+        return (f"this model was trained for one {own.sampler} step at sigma {own.sigma_max:g} from the "
+                f"bicubic start (a one-step residual upscaler); {asked.sampler}, {asked.steps} step(s), "
+                f"sigma-max {asked.sigma_max:g} will likely look worse")
+
+    def options(self, options: UpscaleOptions | None = None) -> UpscaleOptions:
+        """`options` (default: all defaults) with every sampling field left None set: the model's own
+        sampling, else the released Inf-DiT's. What `upscale` and `plan` run with."""
+        options = options or UpscaleOptions()
+        own = {name: getattr(options, name) for name in SAMPLING_FIELDS}
+        for name, value in own.items():
+            if value is None:
+                own[name] = self.defaults.get(name, getattr(RELEASED, name))
+        return replace(options, **own)
 
     @property
     def config(self):
@@ -187,6 +203,7 @@ class Upscaler:
 
         `speed`: a calibrated speed model (engine.estimate) to rank the plans; default: the device's.
         """
+        options = self.options(options)
         options.validate()
         sampler = get_sampler(options.sampler, self._sampler_options(options))
         plans, (h, w) = [], lr_size
@@ -235,6 +252,7 @@ class Upscaler:
         `plans` from an earlier `plan()` (e.g. the one a pre-flight line reported) are run as they are.
         `sample` replaces the plain `sampler.sample` call (e.g. checkpointed, resumable sampling).
         """
+        options = self.options(options)
         options.validate()
         if plans is None:
             plans = self.plan(tuple(image.shape[-2:]), options)
@@ -300,13 +318,20 @@ class Upscaler:
 
 
 def load_upscaler(
-    model_source: str, device: torch.device, dtype: torch.dtype | None = None, clip_source: str | None = None,
-    need_text: bool = False,
+    model_source: str | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+    clip_source: str | None = None, need_text: bool = False,
 ) -> Upscaler:
-    """Resolve a model (local or hub), load it, and load CLIP only when the model is conditioned on it."""
+    """Resolve a model (a local folder or file, a hub repo `org/name[@rev]`, None: the model shipped with
+    infdit), load it, and load CLIP only when the model is conditioned on it."""
     from infdit_cli.clip import load_clip
-    from infdit_cli.weights import load_model, read_config, resolve_model
+    from infdit_cli.weights import default_model_path, load_model, read_config, resolve_model
 
+    if model_source is None:
+        shipped = default_model_path()
+        if shipped is None:
+            raise UpscaleError("no default model is installed with this build; pass a model")
+        model_source = str(shipped)
+    device = torch.device(device)
     files = resolve_model(model_source)
     model = load_model(files.weights, device=device, dtype=dtype)
     metadata = read_config(files.weights)[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -115,6 +116,12 @@ def load_model(
 
 def looks_like_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and not Path(source).exists()
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package (assets/default-model), if this build has one."""
+    folder = Path(str(resources.files("infdit_cli") / "assets" / "default-model"))
+    return folder if (folder / MODEL_FILE).is_file() else None
 
 
 def resolve_model(source: str | Path) -> ModelFiles:

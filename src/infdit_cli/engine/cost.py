@@ -8,11 +8,11 @@ Calibration a busy machine cannot fool. A shared machine only ever *adds* time, 
 a slow spell during the 64-block timings once made the table say a block costs 17× less alone
 than in a group, and the planner chose n=1 for a 32×128-block image (135 s instead of 7.9 s).
 So the timed groups are checked against each other through the prior's closed form (a fixed cost
-per group plus FLOPs at a rate: `form_fit`): a timing off that form by more than
-`CONSISTENCY_TOLERANCE` is re-timed in further rounds over every size; a table still inconsistent
-is replaced by the last round alone when that round, taken under one load, is consistent; and no
-table is planned on that says the per-block cost falls more than `MAX_PER_BLOCK_FALL` times as the
-group shrinks: such a timing is discarded and the form fitted to the others stands in for it.
+per group plus FLOPs at a rate: `form_fit`): while a timing is off that form by more than
+`CONSISTENCY_TOLERANCE`, further rounds over every size are timed; a table still inconsistent is
+replaced by the least loaded round that is consistent on its own (one round's timings share one
+load); and no table is planned on that says the per-block cost falls more than `MAX_PER_BLOCK_FALL`
+times as the group shrinks: such a timing is discarded and the form fitted to the others stands in.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ CONSISTENCY_TOLERANCE = 0.3
 # Extra rounds over every size while the table is inconsistent (each costs about one warm-up round).
 RETIME_ROUNDS = 3
 # No table is planned on that says the per-block cost falls more than this as the group shrinks: no
-# device runs a block alone faster than in a group by that much (the CPU's spill is 1.4× per 4× blocks).
-MAX_PER_BLOCK_FALL = 2.0
+# device runs blocks in a smaller group that much cheaper (the CPU's spill, the one effect that makes
+# larger groups dearer per block, is 1.4× per 4× blocks on the 2-core EPYC).
+MAX_PER_BLOCK_FALL = 3.0
 
 
 def flops_per_call(config: ModelConfig, grid: tuple[int, int]) -> float:
@@ -272,35 +273,36 @@ class SettledTimings:
 
 def settle_timings(sizes: tuple[int, ...], time_size: Callable[[int], float], rounds: int, cuda: bool,
                    last_round_skips_largest: bool = True) -> SettledTimings:
-    """Time each group size (blocks) in rounds over every size, keep each size's fastest, re-time while
-    the table is inconsistent, and never return a table with an implausible per-block fall.
+    """Time each group size (blocks) in rounds over every size and keep each size's fastest timing; while
+    that table is inconsistent, time further rounds. Still inconsistent: the least loaded round that is
+    consistent on its own (its timings were taken close together, under one load). Never a table with
+    an implausible per-block fall.
 
     Rounds go over every size, so that a slow spell of a shared machine touches each size alike (not all
     repeats of one size, which would tilt the table); the largest, the costliest, sits out the last round.
     """
-    timings: dict[int, list[float]] = {g: [] for g in sizes}
-    count = 0
+    taken: list[dict[int, float]] = []
 
     def one_round(skip_largest: bool) -> None:
-        nonlocal count
-        for g in sizes[:-1] if skip_largest else sizes:
-            timings[g].append(time_size(g))
-            count += 1
+        taken.append({g: time_size(g) for g in (sizes[:-1] if skip_largest else sizes)})
+
+    def fastest() -> dict[int, float]:
+        return {g: min(r[g] for r in taken if g in r) for g in sizes}
 
     for r in range(rounds):
         one_round(last_round_skips_largest and r == rounds - 1 and r > 0)
-    table = {g: min(ts) for g, ts in timings.items()}
+    table = fastest()
     for _ in range(RETIME_ROUNDS):
         if not inconsistent(table, cuda):
             break
         one_round(False)
-        table = {g: min(ts) for g, ts in timings.items()}
-    if inconsistent(table, cuda):  # slowed unevenly throughout: one round's timings share one load
-        last = {g: ts[-1] for g, ts in timings.items()}
-        if not inconsistent(last, cuda):
-            table = last
+        table = fastest()
+    if inconsistent(table, cuda):
+        whole = [r for r in taken if len(r) == len(sizes) and not inconsistent(r, cuda)]
+        if whole:
+            table = min(whole, key=lambda r: sum(r.values()))
     table, discarded = without_implausible_falls(table, cuda)
-    return SettledTimings(table, count, discarded)
+    return SettledTimings(table, sum(len(r) for r in taken), discarded)
 
 
 def speed_from_timings(config: ModelConfig, times: dict[int, float], device_type: str) -> SpeedModel:

@@ -20,16 +20,21 @@ Decisions, in one place (the README and the CLI help point here):
 - Safety: Pillow's decompression-bomb limit stays on and is a hard error; every image is fully
   decoded, so truncated files are errors; EPS (runs Ghostscript) and other non-raster plugins are off.
 - Writing is atomic: an output either exists complete or not at all (disk full, Ctrl-C, encoder error).
+- Outputs too large to hold in memory are written band by band as they finish (`bands`: tiled TIFF,
+  PNG rows); JPEG, WebP and BMP cannot be, and are refused before the run.
 """
 
+from infdit_cli.imageio.bands import save_bands
 from infdit_cli.imageio.decode import check_header, load_image
 from infdit_cli.imageio.encode import save_image
 from infdit_cli.imageio.formats import (
     OUTPUT_FORMATS,
+    STREAMED_FORMATS,
     InputError,
     LoadedImage,
     OutputError,
     check_output_size,
+    check_streamable,
     format_losses,
     output_format,
     read_formats,
@@ -38,6 +43,6 @@ from infdit_cli.imageio.formats import (
 
 __all__ = [
     "InputError", "OutputError", "LoadedImage", "OUTPUT_FORMATS", "read_formats", "load_image", "check_header",
-    "save_image",
+    "save_image", "save_bands", "STREAMED_FORMATS", "check_streamable",
     "output_format", "check_output_size", "format_losses", "supports_alpha",
 ]

@@ -59,41 +59,19 @@ def save_image(
     """
     path = Path(path)
     name = output_format(fmt if fmt else path.suffix)
-    spec = OUTPUT_FORMATS[name]
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be 1..100, got {quality}")
-    colour = _as_float_array(rgb, "rgb")
+    colour = as_float_array(rgb, "rgb")
     if colour.ndim != 3 or colour.shape[2] != 3:
         raise ValueError(f"rgb must be [H, W, 3], got {list(colour.shape)}")
     h, w = colour.shape[:2]
-    a = None if alpha is None else _as_float_array(alpha, "alpha")
+    a = None if alpha is None else as_float_array(alpha, "alpha")
     if a is not None and a.shape != (h, w):
         raise ValueError(f"alpha must be [{h}, {w}], got {list(a.shape)}")
     check_output_size(w, h, name, like)
-
-    colour = np.clip(colour, 0.0, 1.0)
-    if a is not None:
-        a = np.clip(a, 0.0, 1.0)
-        if not spec.alpha:  # JPEG: composite onto white, as editors flatten for JPEG
-            colour = colour * a[..., None] + (1.0 - a[..., None])
-            a = None
-    grey = like.grayscale and spec.grey
-    if grey:
-        colour = colour.mean(axis=2, keepdims=True)
-    planes = colour if a is None else np.concatenate([colour, a[..., None]], axis=2)
-    if name == "BMP" and grey and a is not None:  # BMP has no grey+alpha
-        planes = np.concatenate([np.repeat(planes[..., :1], 3, axis=2), planes[..., 1:]], axis=2)
-        grey = False
-    depth = 16 if like.bit_depth == 16 and spec.sixteen else 8
-    maxval = 65535 if depth == 16 else 255
-    data = np.floor(planes * maxval + 0.5).astype(np.uint16 if depth == 16 else np.uint8)
-
-    meta = _Meta(
-        icc=like.icc if spec.metadata and like.icc and icc_matches(like.icc, grey=grey) else None,
-        exif=_exif_for_output(like.exif, w, h) if spec.metadata else None,
-        xmp=like.xmp if spec.metadata else None,
-        dpi=like.dpi,
-    )
+    data, grey = to_samples(colour, a, like, name)
+    meta = meta_for(like, name, (w, h), grey)
+    depth = 8 * data.dtype.itemsize
 
     def write(f: BinaryIO) -> None:
         if name == "TIFF":
@@ -103,11 +81,11 @@ def save_image(
         else:
             _write_pillow(f, data, name, meta=meta, quality=quality, lossless=like.lossless_webp)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
     return path
 
 
-def _as_float_array(x: Any, what: str) -> np.ndarray:
+def as_float_array(x: Any, what: str) -> np.ndarray:
     """numpy or torch (looked up only if the caller already imported it: the file layer never loads torch)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
@@ -116,6 +94,39 @@ def _as_float_array(x: Any, what: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} holds NaN or infinite values; refusing to write a corrupt image")
     return arr
+
+
+def to_samples(colour: np.ndarray, alpha: np.ndarray | None, like: LoadedImage, name: str
+               ) -> tuple[np.ndarray, bool]:
+    """Float [H, W, 3] (+ alpha [H, W]) in any range -> the integer samples `name` stores for `like`, and
+    whether they are grey: clipped, rounded to nearest; shared by whole-image and band-by-band writers."""
+    spec = OUTPUT_FORMATS[name]
+    colour = np.clip(colour, 0.0, 1.0)
+    a = None if alpha is None else np.clip(alpha, 0.0, 1.0)
+    if a is not None and not spec.alpha:  # JPEG: composite onto white, as editors flatten for JPEG
+        colour = colour * a[..., None] + (1.0 - a[..., None])
+        a = None
+    grey = like.grayscale and spec.grey
+    if grey:
+        colour = colour.mean(axis=2, keepdims=True)
+    planes = colour if a is None else np.concatenate([colour, a[..., None]], axis=2)
+    if name == "BMP" and grey and a is not None:  # BMP has no grey+alpha
+        planes = np.concatenate([np.repeat(planes[..., :1], 3, axis=2), planes[..., 1:]], axis=2)
+        grey = False
+    depth = 16 if like.bit_depth == 16 and spec.sixteen else 8
+    maxval = 65535 if depth == 16 else 255
+    return np.floor(planes * maxval + 0.5).astype(np.uint16 if depth == 16 else np.uint8), grey
+
+
+def meta_for(like: LoadedImage, name: str, size: tuple[int, int], grey: bool) -> _Meta:
+    """The metadata `name` carries over from `like` for an output of `size` (w, h)."""
+    spec = OUTPUT_FORMATS[name]
+    return _Meta(
+        icc=like.icc if spec.metadata and like.icc and icc_matches(like.icc, grey=grey) else None,
+        exif=_exif_for_output(like.exif, *size) if spec.metadata else None,
+        xmp=like.xmp if spec.metadata else None,
+        dpi=like.dpi,
+    )
 
 
 @dataclass
@@ -146,7 +157,7 @@ def _exif_for_output(exif_bytes: bytes | None, width: int, height: int) -> Image
     return exif
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a hidden temporary file in the same folder, then rename over `path`."""
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -197,7 +208,7 @@ def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: _Meta, quality
     im.save(f, format=name, **kwargs)
 
 
-def _chunk(f: BinaryIO, tag: bytes, payload: bytes) -> None:
+def png_chunk(f: BinaryIO, tag: bytes, payload: bytes) -> None:
     f.write(struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload)))
 
 
@@ -210,16 +221,21 @@ def _write_png16(f: BinaryIO, data: np.ndarray, meta: _Meta) -> None:
     if encoded[12:16] != b"IHDR":
         raise ValueError("libpng wrote no IHDR first")
     f.write(encoded[:ihdr_end])
+    write_png_metadata(f, meta)
+    f.write(encoded[ihdr_end:])
+
+
+def write_png_metadata(f: BinaryIO, meta: _Meta) -> None:
+    """Our ancillary chunks (iCCP, pHYs, eXIf, iTXt XMP), which belong after IHDR and before IDAT."""
     if meta.icc:
-        _chunk(f, b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
+        png_chunk(f, b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
     if meta.dpi:
         ppm = [int(v / 0.0254 + 0.5) for v in meta.dpi]
-        _chunk(f, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+        png_chunk(f, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
     if meta.exif is not None:
-        _chunk(f, b"eXIf", meta.exif.tobytes()[6:])  # without the "Exif\0\0" JPEG prefix
+        png_chunk(f, b"eXIf", meta.exif.tobytes()[6:])  # without the "Exif\0\0" JPEG prefix
     if meta.xmp:
-        _chunk(f, b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp)
-    f.write(encoded[ihdr_end:])
+        png_chunk(f, b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp)
 
 
 def _write_tiff(f: BinaryIO, data: np.ndarray, grey: bool, meta: _Meta, compress: bool = True,
@@ -228,17 +244,25 @@ def _write_tiff(f: BinaryIO, data: np.ndarray, grey: bool, meta: _Meta, compress
     import tifffile
 
     h, w, c = data.shape
-    if bigtiff is None:
-        bigtiff = data.nbytes + (1 << 25) > 2**32
+    tifffile.imwrite(
+        f, data[..., 0] if c == 1 else data,
+        rowsperstrip=max(1, min(h, (1 << 20) // max(1, w * c * data.dtype.itemsize))),
+        **tiff_options(meta, grey, c, data.nbytes, compress, bigtiff),
+    )
+
+
+def tiff_options(meta: _Meta, grey: bool, channels: int, nbytes: int, compress: bool = True,
+                 bigtiff: bool | None = None) -> dict[str, Any]:
+    """tifffile.imwrite's arguments for our TIFFs (strips or tiles): layout, Deflate, metadata; BigTIFF
+    only when the pixels (`nbytes`) come near 4 GiB."""
     extratags = _tiff_exif_tags(meta.exif) if meta.exif is not None else []
     if meta.xmp:
         extratags.append((700, 1, len(meta.xmp), meta.xmp, True))
-    tifffile.imwrite(
-        f, data[..., 0] if c == 1 else data, bigtiff=bigtiff, byteorder="<",
-        photometric="minisblack" if grey else "rgb", planarconfig="contig" if c > 1 else None,
-        extrasamples=("unassalpha",) if c in (2, 4) else None,
+    return dict(
+        bigtiff=nbytes + (1 << 25) > 2**32 if bigtiff is None else bigtiff, byteorder="<",
+        photometric="minisblack" if grey else "rgb", planarconfig="contig" if channels > 1 else None,
+        extrasamples=("unassalpha",) if channels in (2, 4) else None,
         compression="adobe_deflate" if compress else None, predictor=compress or None,
-        rowsperstrip=max(1, min(h, (1 << 20) // max(1, w * c * data.dtype.itemsize))),
         resolution=meta.dpi, resolutionunit="inch" if meta.dpi else None, iccprofile=meta.icc,
         software=False, metadata=None, extratags=extratags,
     )

@@ -157,6 +157,19 @@ def check_output_size(width: int, height: int, fmt: str, like: LoadedImage | Non
                               "use --format png or tiff")
 
 
+# Formats written band by band (`imageio.bands`); the others go through Pillow, which needs the whole image.
+STREAMED_FORMATS = ("PNG", "TIFF")
+
+
+def check_streamable(width: int, height: int, fmt: str) -> None:
+    """OutputError, before the run, for a format that cannot be written band by band (an output too
+    large to hold in memory), naming those that can."""
+    name = output_format(fmt)
+    if name not in STREAMED_FORMATS:
+        raise OutputError(f"a {width}x{height} output is written band by band (too large to hold in memory), "
+                          f"which {name} cannot do; use --format tiff or png")
+
+
 def format_losses(fmt: str, like: LoadedImage) -> list[str]:
     """What writing `like`'s result as `fmt` would lose, as short phrases the CLI can warn with."""
     name = output_format(fmt)

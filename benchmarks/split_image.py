@@ -19,7 +19,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +32,8 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
     from infdit_cli.config import preset
-    from infdit_cli.distributed.context import all_gather, ranks_from_env, start, stop
+    from infdit_cli.device import synchronize
+    from infdit_cli.distributed.context import Peers, all_gather, ranks_from_env, start, stop
     from infdit_cli.distributed.strips import column_strips, split_block_batch
     from infdit_cli.distributed.wavefront import BoundaryLink, StripRunner
     from infdit_cli.engine import StreamedRunner
@@ -60,26 +60,33 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
             call, link = (lambda: runner(net_in, c_noise)), None
         else:
             strip = column_strips(cols, n, ranks.world)[ranks.rank]
-            link = BoundaryLink(ranks)
-            strip_runner = StripRunner(net, lr, None, n, rows, strip, link)
+            link = BoundaryLink(Peers(ranks))
+            strip_runner = StripRunner(net, lr, None, n, strip, link)
             strip_in = net_in[..., strip.cols.start * bs:strip.cols.stop * bs]
             call = lambda: strip_runner(strip_in, c_noise)  # noqa: E731
         call()  # warm-up
+        if link:
+            link.flush()
+        all_gather(ranks, None, "starting together")
         sent_before = link.stats.bytes_sent if link else 0
-        times = []
-        for _ in range(args.calls):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+        waited_before, first_waits = (link.stats.wait_seconds, len(link.stats.waits)) if link else (0.0, 0)
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(args.calls):  # back to back, as a sampler calls them (no barrier in between)
             call()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
+        if link:
+            link.flush()
+        synchronize(device)
+        seconds = (time.perf_counter() - t0) / args.calls
         sent = ((link.stats.bytes_sent - sent_before) / args.calls) if link else 0.0
-        waited = link.stats.wait_seconds if link else 0.0
-        everyone = all_gather(ranks, {"seconds": statistics.median(times), "sent": sent, "waited": waited},
-                              "collecting timings")
+        waits = link.stats.waits[first_waits:] if link else []
+        mine = {"seconds": seconds, "sent": sent,
+                "waited": ((link.stats.wait_seconds - waited_before) / args.calls) if link else 0.0,
+                "first_wait": waits[0] if waits else 0.0}
+        everyone = all_gather(ranks, mine, "collecting timings")
         return {"ranks": ranks.world, "n": n, "seconds_per_call": max(r["seconds"] for r in everyone),
+                "wait_per_call": [round(r["waited"], 3) for r in everyone],
+                "first_wait": [round(r["first_wait"], 3) for r in everyone],
                 "bytes_sent_per_call": sum(r["sent"] for r in everyone),
                 "bytes_per_boundary_per_call": max(r["sent"] for r in everyone),
                 "threads_per_rank": torch.get_num_threads() if device.type == "cpu" else None}
@@ -114,6 +121,19 @@ def _launch(world: int, argv: list[str], timeout_s: float) -> dict[str, object]:
                 p.wait()
 
 
+def fill_ideal(grid: tuple[int, int], n: int, world: int) -> float:
+    """The speed-up a call allows when each rank waits one group-row for the rank on its left
+    (the pipeline fill of one call, paid in full by every call that starts in step)."""
+    import math
+
+    from infdit_cli.distributed.strips import column_strips
+
+    rows, cols = grid
+    group_rows = math.ceil(rows / n)
+    widest = max(s.width for s in column_strips(cols, n, world))
+    return rows * cols / ((group_rows + world - 1) * widest * min(n, rows))
+
+
 def _grid(text: str) -> tuple[int, int]:
     rows, cols = text.lower().split("x")
     return int(rows), int(cols)
@@ -142,12 +162,14 @@ def main() -> None:
     argv = [a for a in sys.argv[1:] if a != "--worker"]
     rows = [_launch(int(w), argv, args.timeout) for w in args.ranks.split(",")]
     base = rows[0]["seconds_per_call"]
-    print(f"{'ranks':>5} {'threads':>7} {'n':>3} {'s/call':>8} {'speed-up':>8} {'MB sent/call':>12} "
-          f"{'MB per boundary':>15}")
+    print(f"{'ranks':>5} {'threads':>7} {'n':>3} {'s/call':>8} {'speed-up':>8} {'fill ideal':>10} "
+          f"{'wait s/call':>14} {'MB sent/call':>12} {'MB per boundary':>15}")
     for r in rows:
         r["speedup"] = round(base / r["seconds_per_call"], 3)
+        r["fill_ideal_speedup"] = round(fill_ideal(args.grid, int(r["n"]), int(r["ranks"])), 3)
+        waits = "/".join(f"{w:.2f}" for w in r.get("wait_per_call", [])) or "-"
         print(f"{r['ranks']:>5} {r['threads_per_rank'] or '-':>7} {r['n']:>3} {r['seconds_per_call']:>8.3f} "
-              f"{r['speedup']:>8.2f} "
+              f"{r['speedup']:>8.2f} {r['fill_ideal_speedup']:>10.2f} {waits:>14} "
               f"{r['bytes_sent_per_call'] / 1e6:>12.2f} {r['bytes_per_boundary_per_call'] / 1e6:>15.2f}")
     out = args.out or HERE / "results" / f"split-image-{args.device}-{datetime.date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,10 @@ across the ranks and prints, on rank 0, one JSON line comparing each with the si
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 
 import torch
 
@@ -44,8 +47,10 @@ def split_cases(steps: int = 2) -> dict[str, dict[str, object]]:
             n_used, strips = split.strips(plans[0])
             got = split.upscale(image, options, plans).image
             single = upscaler.upscale(image, UpscaleOptions(steps=steps, block_batch=n_used, seed=4)).image
-            report[name] = {"equal": torch.equal(got, single), "shape": list(got.shape),
-                            "strips": [[s.cols.start, s.cols.stop] for s in strips],
+            # The finished image goes to rank 0 only; the other ranks hold their strips alone.
+            report[name] = {"equal": got is not None and torch.equal(got, single),
+                            "shape": None if got is None else list(got.shape),
+                            "strips": [[s.cols.start, s.cols.stop] for s in strips], "n": n_used,
                             "bytes_sent": split.link_stats[-1].bytes_sent,
                             "band_bytes": split.band_bytes[-1]}
         # A rank that read other pixels (an input that differs between nodes) is caught before any exchange.
@@ -62,7 +67,25 @@ def split_cases(steps: int = 2) -> dict[str, dict[str, object]]:
         stop()
 
 
+def summary_with_a_frozen_peer() -> dict[str, object]:
+    """Rank 1 freezes itself (SIGSTOP: alive, sockets open, silent) before the summary; rank 0 waits
+    for its report and says when it gave up."""
+    from infdit_cli.distributed.batch import RankReport, join
+
+    session = join(torch.device("cpu"))
+    if session.ranks.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    start = time.monotonic()
+    try:
+        session.gather(RankReport(session.ranks.rank))
+        return {"error": None}
+    except DistributedError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - start}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "split":
         result = split_cases()
         print(json.dumps({"rank": ranks_from_env().rank, "cases": result}), flush=True)
+    elif sys.argv[1] == "frozen-summary":
+        print(json.dumps(summary_with_a_frozen_peer()), flush=True)

@@ -185,3 +185,24 @@ def test_cli_interrupted_then_resumed_writes_the_uninterrupted_png(tmp_path, mon
     assert (tmp_path / "out" / "in_x4.png").read_bytes() == reference
     assert json.loads(res.stdout)["outputs"][0]["network_calls"] < 7  # 2·4 − 1 without the checkpoint
     assert not any((tmp_path / "ck").iterdir())  # cleared once the image is written
+
+
+def test_log_mode_refuses_a_pass_whose_log_would_not_fit_the_disk(tmp_path, monkeypatch):
+    """The per-call log grows with every call: a pass that would fill the disk is refused up front,
+    with the figure, before any call (state mode keeps two images and is not checked)."""
+    import shutil
+    from collections import namedtuple
+
+    sampler = get_sampler("heun-edm", SamplerOptions(s_churn=2.0))
+    x0, sigmas, noise = _problem()
+    nfe = sampler.nfe(len(sigmas) - 1)
+    need = (nfe + 1) * x0.numel() * 4
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(need * 10, need * 10 - need + 1, need - 1))
+    calls = _denoiser()
+    with pytest.raises(CheckpointError, match=f"needs {need / 1e9:.1f} GB .*{nfe} calls") as info:
+        Checkpoint(tmp_path, "m").sample(sampler, calls, x0, sigmas, noise, 0)
+    assert calls.calls[0] == 0 and "\n" not in str(info.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(need * 10, 0, need))
+    Checkpoint(tmp_path, "m").sample(sampler, calls, x0, sigmas, noise, 0)  # exactly enough
+    assert calls.calls[0] == nfe

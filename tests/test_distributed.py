@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from infdit_cli.cli import app
 from infdit_cli.distributed.shard import balance
 from infdit_cli.distributed.strips import SplitError, column_strips, split_block_batch
+from infdit_cli.engine.stream import band_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -122,6 +123,8 @@ def test_split_image_equals_single_process_bit_for_bit():
     assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
     cases = json.loads(results[0][1])["cases"]
     assert "read different pixels" in cases.pop("different pixels")
+    for _, out, _ in results[1:]:  # the finished image goes to rank 0 only
+        assert all(c["shape"] is None for k, c in json.loads(out)["cases"].items() if k != "different pixels")
     expected_strips = {"1x5": [[0, 2], [2, 4], [4, 5]], "3x4": [[0, 2], [2, 3], [3, 4]],
                        "ragged 3x7 n=2, cropped": [[0, 4], [4, 6], [6, 7]]}
     per_block_column = TINY.num_layers * 2 * TINY.block_tokens**2 * TINY.hidden_size * 4  # K and V, float32
@@ -131,9 +134,10 @@ def test_split_image_equals_single_process_bit_for_bit():
         rows = case["shape"][2] // TINY.block_size + (case["shape"][2] % TINY.block_size > 0)
         calls = 3  # heun-edm, 2 steps
         assert case["bytes_sent"] == calls * rows * per_block_column, name  # one boundary column per call
-        # Rank 0 keeps a band one block-row high across its own strip only (none for a single block-row).
+        # Rank 0 keeps the single-process band of its own strip only: one block-row across the strip, plus
+        # the left column and the corner once the strip has several group-columns.
         width = case["strips"][0][1] - case["strips"][0][0]
-        assert case["band_bytes"] == (width * per_block_column if rows > 1 else 0), name
+        assert case["band_bytes"] == band_blocks((rows, width), case["n"]) * per_block_column, name
 
 
 def test_split_cli_killed_peer_then_resumed_equals_single_process_png(tiny_model, tmp_path, one_thread):
@@ -168,6 +172,16 @@ def test_split_cli_killed_peer_then_resumed_equals_single_process_png(tiny_model
     assert (tmp_path / "split" / "wide_x4.png").read_bytes() == reference
     assert json.loads(results[0][1])["outputs"][0]["network_calls"] < 15  # resumed: fewer than 2·8 − 1 calls
     assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())  # cleared once written
+
+
+def test_a_silent_peer_ends_the_summary_wait_within_the_timeout():
+    """A rank that stops answering (SIGSTOP: its sockets stay open) while rank 0 waits for its report:
+    rank 0 gives up after INFDIT_DIST_TIMEOUT seconds with one line naming it (the wait was 7 days)."""
+    with Ranks(2, ["-m", "tests.distributed_worker", "frozen-summary"], timeout_s=2) as ranks:
+        out, _ = ranks.procs[0].communicate(timeout=60)
+    result = json.loads(out)
+    assert result["error"] and "rank 1 has not answered for 2 s" in result["error"], result
+    assert result["seconds"] < 30
 
 
 def test_missing_rank_ends_with_one_line_and_no_files(tiny_model, tmp_path, monkeypatch, one_thread):

@@ -158,13 +158,15 @@ def parse_dtype(name: str, device_type: str) -> Any:
 def pick_device(name: str) -> Any:
     import torch
 
+    from infdit_cli.device import cuda_available
+
     if name == "auto":
-        if torch.cuda.is_available():
+        if cuda_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name == "cuda" and not cuda_available():
         raise OptionError("--device cuda: no CUDA device is available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise OptionError("--device mps: MPS is not available")

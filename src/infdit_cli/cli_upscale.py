@@ -252,7 +252,9 @@ def _run_jobs(jobs: list[Job], batch: Batch, options: Any, a: RunSettings, sessi
 
     Returns what the JSON summary says about the run (model, sampler, steps, seed, device, load time).
     """
+    from infdit_cli.device import OutOfMemoryError, release_cache
     from infdit_cli.distributed import DistributedError
+    from infdit_cli.engine.runner import DeviceMemoryError
 
     loaded = _load(options, a, session)
     with ImageProgress(err, quiet=a.quiet, every=PLAIN_PROGRESS_EVERY, batch_total=len(jobs)) as progress:
@@ -261,6 +263,14 @@ def _run_jobs(jobs: list[Job], batch: Batch, options: Any, a: RunSettings, sessi
                 done = _upscale_one(job, loaded, a, session, progress)
             except DistributedError:
                 raise  # a lost peer ends the run on every rank, not just this image
+            except (DeviceMemoryError, OutOfMemoryError) as exc:  # too big for this card: this image only
+                release_cache(session.device)
+                failure = f"{job.source}: {errors.one_line(exc)}"
+                if a.split_image and session.ranks.distributed:  # the other ranks are inside this image
+                    raise DistributedError(f"rank {session.ranks.rank}: {failure}") from None
+                progress.end_image()
+                batch.failed(job.source, errors.InfditError(failure))
+                continue
             except errors.InfditError as exc:
                 progress.end_image()
                 batch.failed(job.source, exc)

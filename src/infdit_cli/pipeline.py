@@ -13,12 +13,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from infdit_cli.clip import ClipEncoder
+from infdit_cli.device import inferring, working_on
 from infdit_cli.engine import (
     EngineStats,
     Plan,
@@ -103,7 +104,7 @@ class PassPlan:
 
 @dataclass
 class UpscaleResult:
-    image: Tensor  # [1, 3, H·s, W·s] in [0, 1], float32, CPU
+    image: Tensor | None  # [1, 3, H·s, W·s] in [0, 1], float32, CPU (None: a split image's rank other than 0)
     passes: list[PassPlan]
     stats: list[EngineStats] = field(default_factory=list)
     seconds: float = 0.0
@@ -117,7 +118,7 @@ class PassInputs:
     lr_up: Tensor  # [1, 3, H, W] bicubic-upsampled padded LR in [-1, 1], H and W whole blocks
     model_lr: Tensor | None  # what the nearby-LR cross attention reads (None: model without it)
     vector: Tensor | None  # CLIP image embedding (None: model without CLIP)
-    sigmas: Tensor
+    sigmas: Tensor  # the schedule, on the host (the sampler reads its values and moves it beside x)
     seed: int  # the pass's noise seed (block noise is drawn from (seed, step, block row, block column))
     crop: tuple[int, int]  # (h, w) of the real image inside the padded output
     index: int  # pass number (×8 and ×16 run two)
@@ -151,6 +152,21 @@ def training_objective(metadata: dict[str, str]) -> dict[str, object]:
     except json.JSONDecodeError:
         raise UpscaleError("the model's 'objective' metadata is not valid JSON") from None
     return data if isinstance(data, dict) else {}
+
+
+class ColumnSplit(Protocol):
+    """A pass spread over processes by block columns (distributed/split.py): this process samples one
+    strip of the image's columns with a strip runner, then the strips are joined."""
+
+    def strip_runner(self, upscaler: Upscaler, inputs: PassInputs, plan: PassPlan,
+                     on_blocks: Callable[[int], None] | None) -> tuple[range, StreamedRunner]:
+        """This process's block columns of the pass and the network call over them."""
+        ...
+
+    def join(self, strip: Tensor, plan: PassPlan, last: bool) -> Tensor | None:
+        """The pass's whole output from every strip ([-1, 1], uncropped): on every process when a pass
+        follows, else where the image is written (None elsewhere)."""
+        ...
 
 
 class Upscaler:
@@ -245,12 +261,13 @@ class Upscaler:
 
     def upscale(
         self, image: Tensor, options: UpscaleOptions, on_blocks: Callable[[int], None] | None = None,
-        plans: list[PassPlan] | None = None, sample: SampleHook | None = None,
+        plans: list[PassPlan] | None = None, sample: SampleHook | None = None, split: ColumnSplit | None = None,
     ) -> UpscaleResult:
         """image: [1, 3, h, w] in [0, 1]. on_blocks(n) is called as blocks finish (for progress).
 
         `plans` from an earlier `plan()` (e.g. the one a pre-flight line reported) are run as they are.
         `sample` replaces the plain `sampler.sample` call (e.g. checkpointed, resumable sampling).
+        `split` spreads each pass's block columns over processes (`--split-image`).
         """
         options = self.options(options)
         options.validate()
@@ -258,15 +275,17 @@ class Upscaler:
             plans = self.plan(tuple(image.shape[-2:]), options)
         start = time.perf_counter()
         reset_device_peak(self.device)  # each image reports its own peak
-        x = image.float()
+        x: Tensor | None = image.float()
         stats = []
         with RssPeak() as rss:
             for index, plan in enumerate(plans):
-                x, st = self._one_pass(x, plan, options, seed_offset=index, on_blocks=on_blocks, sample=sample)
+                assert x is not None  # only the last pass of a split image ends without it
+                x, st = self._one_pass(x, plan, options, index, on_blocks, sample, split, index == len(plans) - 1)
                 stats.append(st)
-        return UpscaleResult(x.clamp(0, 1).cpu(), plans, stats, time.perf_counter() - start, rss.growth)
+        image_out = None if x is None else x.clamp(0, 1).cpu()
+        return UpscaleResult(image_out, plans, stats, time.perf_counter() - start, rss.growth)
 
-    @torch.inference_mode()
+    @inferring
     def pass_inputs(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, index: int) -> PassInputs:
         """What one pass's sampling starts from, before any network call (shared with split-image runs).
 
@@ -283,8 +302,10 @@ class Upscaler:
             ratio = cfg.sr_scale // f
             model_lr = bicubic_resize(lr_pad, (lr_pad.shape[-2] // ratio, lr_pad.shape[-1] // ratio))
             clip_lr = bicubic_resize(lr, (max(1, h // ratio), max(1, w // ratio)))
-        vector = self.condition_vector(clip_lr.to(self.device), options)
-        sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho).to(dev)
+        with working_on(self.device):  # CLIP runs beside the model
+            vector = self.condition_vector(clip_lr.to(self.device), options)
+        with working_on(torch.device("cpu")):  # the schedule is a host fact
+            sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho)
         return PassInputs(lr_up, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
                           options.seed + 1_000_003 * index, (h * f, w * f), index)
 
@@ -292,29 +313,39 @@ class Upscaler:
         """Where this pass's image-sized sampler state lives."""
         return self.device if plan.memory.state == "device" else torch.device("cpu")
 
-    @torch.inference_mode()
-    def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, seed_offset: int,
+    @inferring
+    def _one_pass(self, image01: Tensor, plan: PassPlan, options: UpscaleOptions, index: int,
                   on_blocks: Callable[[int], None] | None, sample: SampleHook | None = None,
-                  ) -> tuple[Tensor, EngineStats]:
-        cfg, dev = self.config, self.state_device(plan)
-        inputs = self.pass_inputs(image01, plan, options, seed_offset)
-        lr_up, sigmas, seed = inputs.lr_up, inputs.sigmas, inputs.seed
-        runner = StreamedRunner(self.model, inputs.model_lr, inputs.vector, plan.memory, on_group=on_blocks)
-        denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
-        sampler = get_sampler(options.sampler, self._sampler_options(options))
-        shape = tuple(lr_up.shape)
+                  split: ColumnSplit | None = None, last: bool = True) -> tuple[Tensor | None, EngineStats]:
+        """One pass: sample this process's block columns (all of them unless `split`), in [0, 1], cropped."""
+        cfg, dev, bs = self.config, self.state_device(plan), self.config.block_size
+        with working_on(dev):  # the sampler works where the plan keeps its state
+            inputs = self.pass_inputs(image01, plan, options, index)
+            if split is None:
+                cols = range(plan.grid[1])
+                runner = StreamedRunner(self.model, inputs.model_lr, inputs.vector, plan.memory, on_group=on_blocks)
+            else:
+                cols, runner = split.strip_runner(self, inputs, plan, on_blocks)
+            lr_up = inputs.lr_up[..., cols.start * bs:cols.stop * bs]
+            denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
+            sampler = get_sampler(options.sampler, self._sampler_options(options))
+            shape, sigmas, seed = tuple(lr_up.shape), inputs.sigmas, inputs.seed
 
-        def noise(step: int) -> Tensor:
-            return block_noise(seed, step + 1, shape, cfg.block_size, dev)
+            def noise(step: int) -> Tensor:
+                return block_noise(seed, step + 1, shape, bs, dev, first_col=cols.start)
 
-        x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, cfg.block_size, dev)
-        if sample is None:
-            out = sampler.sample(denoiser, x0, sigmas, noise)
-        else:
-            out = sample(sampler, denoiser, x0, sigmas, noise, inputs.index)
-        h, w = inputs.crop
-        out = out.float()[..., :h, :w]
-        return ((out + 1) / 2).clamp(0, 1), runner.stats
+            x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, bs, dev, first_col=cols.start)
+            if sample is None:
+                out: Tensor | None = sampler.sample(denoiser, x0, sigmas, noise)
+            else:
+                out = sample(sampler, denoiser, x0, sigmas, noise, inputs.index)
+            out = out.float()
+            if split is not None:
+                out = split.join(out, plan, last)
+            if out is None:
+                return None, runner.stats
+            h, w = inputs.crop
+            return ((out[..., :h, :w] + 1) / 2).clamp(0, 1), runner.stats
 
 
 def load_upscaler(

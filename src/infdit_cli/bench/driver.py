@@ -19,6 +19,7 @@ from infdit_cli.bench.machine import machine_info
 from infdit_cli.bench.options import BenchError, BlockBatch, dtype_name
 from infdit_cli.bench.report import BenchReport, BenchRow
 from infdit_cli.config import ModelConfig, preset
+from infdit_cli.device import OutOfMemoryError, generator, inference, peak_bytes, randn, release_cache
 from infdit_cli.engine.cost import flops_per_call
 from infdit_cli.engine.estimate import TimeEstimator
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
@@ -33,7 +34,7 @@ from infdit_cli.engine.memory import (
 from infdit_cli.engine.placement import Plan, budget_bytes, plan_placement
 from infdit_cli.engine.runner import StreamedRunner, WholeImageRunner
 from infdit_cli.engine.timing import Clock, GroupTiming, sync, time_group
-from infdit_cli.model.network import Conditioning, InfDiT
+from infdit_cli.model.network import Conditioning, InfDiT, compile_unavailable
 from infdit_cli.model.uniba import WholeImage
 from infdit_cli.units import format_duration
 
@@ -55,14 +56,13 @@ def random_inputs(config: ModelConfig, size: tuple[int, int], dtype: torch.dtype
     """What the upscaler feeds the network; the image-sized tensors on `state` (default: `device`)."""
     w, h = size
     home = state or device
-    g = torch.Generator(device=home).manual_seed(seed)  # drawn where it is used: 16384² is 6 GB
-    net_in = torch.randn(1, config.in_channels, h, w, generator=g, device=home)
+    g = generator(home, seed)  # drawn where it is used: 16384² is 6 GB
+    net_in = randn((1, config.in_channels, h, w), g, home)
     lr = None
     if config.cross_lr:
-        lr = torch.randn(1, config.image_channels, h // config.sr_scale, w // config.sr_scale,
-                         generator=g, device=home).to(dtype)
-    gv = torch.Generator(device=device).manual_seed(seed)
-    vector = torch.randn(1, config.vector_dim, generator=gv, device=device) if config.vector_dim else None
+        lr = randn((1, config.image_channels, h // config.sr_scale, w // config.sr_scale), g, home).to(dtype)
+    gv = generator(device, seed)
+    vector = randn((1, config.vector_dim), gv, device) if config.vector_dim else None
     c_noise = torch.full((1,), 0.25 * math.log(BENCH_SIGMA), device=device)
     return BenchInputs(net_in, lr, vector, c_noise)
 
@@ -119,14 +119,13 @@ class _Bench:
         with RssPeak() as rss:
             yield result
         sync(self.device)
-        if self.device.type == "cuda":
-            result["cuda"] = int(torch.cuda.max_memory_allocated(self.device))
+        result["cuda"] = peak_bytes(self.device)
         result["rss"] = rss.growth
 
     def _condition(self, inp: BenchInputs) -> tuple[Conditioning, float]:
         sync(self.device)
         start = self.clock()
-        with torch.inference_mode():
+        with inference():
             cond = self.net.condition(inp.c_noise, inp.vector)
         sync(self.device)
         return cond, self.clock() - start
@@ -151,7 +150,7 @@ class _Bench:
             if out is not None:
                 out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = f
 
-        with torch.inference_mode():
+        with inference():
             return time_group(self.net, run, len(r) * len(c), self.device, self.clock, layers)
 
     @staticmethod
@@ -255,12 +254,12 @@ class _Bench:
                     def run() -> None:
                         self.net.run_blocks(inp.net_in, cond, range(rows), range(cols), WholeImage(), inp.lr)
 
-                    with torch.inference_mode():
+                    with inference():
                         t = time_group(self.net, run, rows * cols, self.device, self.clock, layers)
                 seconds = extrapolate_call_seconds([t], t.blocks, self.cfg.num_layers, cond_s, self.tail)
                 extrapolated, accounted = True, self.weights + act + io_bytes(*size)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
+        except OutOfMemoryError:
+            release_cache(self.device)
             return self._estimated(size, grid, flops, act, "memory")
         return self._row(size, grid, "whole", None, "-", seconds, est_call, flops, 0, "none", accounted, 0, mem,
                          extrapolated=extrapolated, sample_groups=1, sample_layers=layers, repeats=1,
@@ -302,7 +301,11 @@ def _sampler_nfe(sampler: str, steps: int) -> int:
 def _prepare_model(model: InfDiT | ModelConfig | str, dtype: torch.dtype, device: torch.device,
                    source: str | None) -> tuple[InfDiT, dict[str, Any]]:
     if isinstance(model, InfDiT):
-        net = model.to(device=device, dtype=dtype).eval()
+        first = next(model.parameters())
+        if first.dtype != dtype or first.device.type != device.type or \
+                (device.index is not None and first.device.index != device.index):
+            model = model.to(device=device, dtype=dtype)  # (a no-op conversion would still swap every tensor)
+        net = model.eval()
         name, random = source or "model", False
     else:
         config = preset(model) if isinstance(model, str) else model
@@ -349,6 +352,10 @@ def run_bench(
     compile: torch.compile the layers first (their compile time is paid in the warm-up).
     """
     device = torch.device(device)
+    if compile:
+        reason = compile_unavailable(device.type)
+        if reason:
+            raise BenchError(f"--compile is not available here: {reason}")
     if isinstance(resolutions, tuple) and len(resolutions) == 2 and all(isinstance(v, int) for v in resolutions):
         resolutions = [resolutions]  # type: ignore[list-item]
     sizes: list[tuple[int, int]] = list(resolutions)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from infdit_cli.device import describe, generator, randn, synchronize
 from infdit_cli.engine.memory import meminfo_bytes
 
 
@@ -49,15 +50,15 @@ def cpu_model() -> str:
 
 def matmul_peak_tflops(device: torch.device, size: int = 8192, reps: int = 20) -> float:
     """Measured bf16 size³ matmul rate after warm-up: the practical peak the % column divides by."""
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    g = generator(device, 0)
+    a, b = (randn((size, size), g, device, torch.bfloat16) for _ in range(2))
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize(device)
+    synchronize(device)
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
 
 
@@ -68,10 +69,7 @@ def machine_info(device: torch.device, measure_peak: bool = True) -> MachineInfo
                        total_memory_bytes=meminfo_bytes("MemTotal") or 0,
                        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        info.device, info.device_name, info.total_memory_bytes = f"cuda:{index}", props.name, props.total_memory
-        info.cuda_version = torch.version.cuda
+        info.device, info.device_name, info.total_memory_bytes, info.cuda_version = describe(device)
         info.matmul_peak_tflops = matmul_peak_tflops(device) if measure_peak else None
     return info
 

@@ -2,13 +2,16 @@
 
 Rank 0 decides what is pending (its view of `--skip-existing` and of existing outputs), so ranks
 that start a few seconds apart can never disagree on the list while another rank is already
-writing outputs; each rank then takes its share, and rank 0 gathers what every rank did.
+writing outputs; each rank then takes its share, and rank 0 gathers what every rank did. Ranks
+finish their shares hours apart if they must: each posts its report in the job's store and the
+waits are on the posters' heartbeats (context.await_key), so a lost rank is noticed within
+`INFDIT_DIST_TIMEOUT`, and a busy one is waited for.
 """
 
 from __future__ import annotations
 
 import atexit
-import datetime
+import pickle
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +23,12 @@ import torch
 from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError, image_checkpoint, tensor_digest
 from infdit_cli.distributed.context import (
     DistributedError,
+    Peers,
     Ranks,
     all_gather,
+    await_key,
     broadcast,
+    job_store,
     peer_errors,
     rank_device,
     ranks_from_env,
@@ -34,7 +40,6 @@ from infdit_cli.distributed.split import SplitUpscale, agree_across
 from infdit_cli.pipeline import PassPlan, UpscaleOptions, Upscaler, UpscaleResult
 
 J = TypeVar("J")
-SUMMARY_WAIT = datetime.timedelta(days=7)  # ranks finish their shares at different times
 
 
 @dataclass
@@ -65,11 +70,10 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 
 @dataclass
 class Session:
-    """This process's rank, device and the channel its summary travels on."""
+    """This process's rank and device."""
 
     ranks: Ranks
     device: torch.device
-    summary_group: Any = None  # a gloo group with a long timeout: ranks finish their shares at different times
 
     def share(self, jobs: Sequence[J], make: Callable[[Path, Path], J], split_image: bool = False) -> list[J]:
         """This rank's jobs, from rank 0's pending list: a pixel-balanced share, or every job when each
@@ -95,7 +99,7 @@ class Session:
             return None
         if split_image and self.ranks.distributed:
             return image_checkpoint(root, target, model_hash, self.ranks.rank, self.ranks.world,
-                                    agree_across(self.ranks))
+                                    agree_across(Peers(self.ranks)))
         return image_checkpoint(root, target, model_hash)
 
     def upscale(self, upscaler: Upscaler, image: torch.Tensor, options: UpscaleOptions, plans: list[PassPlan],
@@ -121,14 +125,15 @@ class Session:
         ranks = self.ranks
         if not ranks.distributed:
             return Summary(report.outputs, report.failures, report.skipped, 1)
-        import torch.distributed as dist
-
-        reports: list[Any] = [None] * ranks.world
-        with peer_errors(ranks, "gathering the summary"):
-            dist.all_gather_object(reports, report, group=self.summary_group)
-        stop()  # the last exchange: close every connection now, together, not while a peer is exiting
-        if not ranks.is_root:
+        what = "gathering the summary"
+        with peer_errors(ranks, what):
+            job_store().set(f"infdit/report/{ranks.rank}", pickle.dumps(report))
+        if not ranks.is_root:  # posted: rank 0 (which hosts the store, or torchrun's agent does) reads it
+            stop()
             return None
+        reports = [report] + [pickle.loads(await_key(ranks, f"infdit/report/{r}", r, what))
+                              for r in range(1, ranks.world)]  # pickled by our own ranks
+        stop()
         outputs = sorted((dict(o, rank=r.rank) for r in reports for o in r.outputs), key=lambda o: o["input"])
         failures = [dict(f, rank=r.rank) for r in reports for f in r.failures]
         return Summary(outputs, failures, sum(r.skipped for r in reports), ranks.world)
@@ -139,15 +144,11 @@ def join(device: torch.device) -> Session:
     ranks = ranks_from_env()
     if not ranks.distributed:
         return Session(ranks, device)
-    import torch.distributed as dist
-
     device = rank_device(device, ranks)
     start(ranks, device)
-    with peer_errors(ranks, "opening the summary channel"):
-        group = dist.new_group(backend="gloo", timeout=SUMMARY_WAIT)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     atexit.register(stop)  # error paths: leave the group before the interpreter tears torch down
-    return Session(ranks, device, group)
+    return Session(ranks, device)
 
 
 __all__ = ["RankReport", "Session", "Summary", "join"]

@@ -9,6 +9,10 @@ solver keeps its previous denoised estimate), so resuming never reaches into it.
   ``sampler.sample(x_k, sigmas[k:], noise(k + i))``: the same operations on the same numbers.
 - *log* mode, for every other sampler: each denoiser output is saved, and a rerun runs the sampler
   from x_0 again, answering the finished calls from the log, so its hidden state is rebuilt bit for bit.
+  Its disk use grows with the calls: up to (NFE + 1) × the pass's image (this rank's strip) in the
+  sampler's dtype, about 12 bytes per output pixel and call in fp32 (39 calls of a 4096² image:
+  31 GB). It is checked against the free space before the pass, and the pass is refused with one
+  line (and the figure) when it would not fit; state mode keeps two images.
 
 Per-block noise is a pure function of (seed, step, block), which is what makes both exact. Each
 file is written to a temporary name and renamed, then the manifest; the two latest states are kept so
@@ -226,6 +230,14 @@ class Checkpoint:
         self.resumed_from[index] = total
         if total == nfe + 1:
             return self._load_tensor(self._name(index, "done", ".safetensors"), x0.device)
+        need = log_bytes(nfe - total, x0)
+        free = shutil.disk_usage(self.folder).free
+        if need > free:
+            raise CheckpointError(f"the per-call checkpoint log of this pass needs {need / 1e9:.1f} GB "
+                                  f"({nfe - total} calls of {x0.numel() * x0.element_size() / 1e6:.0f} MB) but "
+                                  f"{self.folder} has {free / 1e9:.1f} GB free; free space there, use a "
+                                  "sampler resumable from its state (heun-edm or euler without churn) or drop "
+                                  "--checkpoint")
         manifest.done = False
         manifest.calls = total
         calls = [0]
@@ -243,6 +255,11 @@ class Checkpoint:
 
         out = sampler.sample(replayed, x0, sigmas, noise)
         return self._finish(manifest, index, out)
+
+
+def log_bytes(calls: int, x0: Tensor) -> int:
+    """Disk the per-call log of `calls` more calls and the pass's result take (x0's size and dtype each)."""
+    return (calls + 1) * x0.numel() * x0.element_size()
 
 
 def image_checkpoint(root: Path, target: Path, model_hash: str, rank: int = 0, world: int = 1,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.device import generator, inference, randn
 from infdit_cli.engine.cost import (
     SLOW_BLOCK_SECONDS,
     SpeedModel,
@@ -76,12 +77,12 @@ class TimeEstimator:
     def _inputs(self, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         cfg, dev = self.net.config, self.device
         dtype = next(self.net.parameters()).dtype
-        g = torch.Generator(device=dev).manual_seed(0)
+        g = generator(dev, 0)
         h, w = rows * cfg.block_size, cols * cfg.block_size
-        net_in = torch.randn(1, cfg.in_channels, h, w, generator=g, device=dev)
-        lr = torch.randn(1, cfg.image_channels, h // cfg.sr_scale, w // cfg.sr_scale, generator=g,
-                         device=dev).to(dtype) if cfg.cross_lr else None
-        vector = torch.randn(1, cfg.vector_dim, generator=g, device=dev) if cfg.vector_dim else None
+        net_in = randn((1, cfg.in_channels, h, w), g, dev)
+        lr = randn((1, cfg.image_channels, h // cfg.sr_scale, w // cfg.sr_scale), g, dev).to(dtype) \
+            if cfg.cross_lr else None
+        vector = randn((1, cfg.vector_dim), g, dev) if cfg.vector_dim else None
         return net_in, lr, vector
 
     def time_square(self, side: int, layers: int | None = None) -> float:
@@ -90,7 +91,7 @@ class TimeEstimator:
         runner = StreamedRunner(self.net, lr, vector, side)
         grid = (side, side)
         group = runner.groups(grid, side)[0]
-        with torch.inference_mode():
+        with inference():
             cond = self.net.condition(torch.zeros(1, device=self.device), vector)
             nbh = runner.neighbourhood(grid)
             timing = time_group(self.net, lambda: runner.run_group(net_in, cond, nbh, group), side * side,

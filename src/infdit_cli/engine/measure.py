@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from infdit_cli.device import reset_peak
+
 
 def _status() -> dict[str, int]:
     out: dict[str, int] = {}
@@ -50,6 +52,4 @@ class RssPeak:
 
 def reset_device_peak(device: torch.device) -> None:
     """Start a fresh CUDA peak (per image, per bench row); nothing to do elsewhere."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)

@@ -12,6 +12,7 @@ import functools
 import torch
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.device import free_bytes
 from infdit_cli.engine.stream import band_blocks
 
 
@@ -129,9 +130,9 @@ def meminfo_bytes(field: str) -> int | None:
 
 def available_memory(device: torch.device) -> int:
     """Bytes free for us: CUDA free memory, or the system's available RAM."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    free = free_bytes(device)
+    if free is not None:
+        return free
     available = meminfo_bytes("MemAvailable")
     return available if available is not None else 8 << 30
 

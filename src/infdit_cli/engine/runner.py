@@ -14,13 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from infdit_cli.device import OutOfMemoryError, buffer_like, inferring, peak_bytes, release_cache, working_on
 from infdit_cli.engine.cost import flops_per_call
 from infdit_cli.engine.memory import accounted_device_bytes, group_activation_bytes
 from infdit_cli.engine.placement import Plan, smaller_plan
 from infdit_cli.engine.stream import StreamNeighbourhood
 from infdit_cli.engine.timing import sync
+from infdit_cli.errors import InfditError
 from infdit_cli.model.network import Conditioning, InfDiT
 from infdit_cli.model.uniba import WholeImage
+
+
+class DeviceMemoryError(InfditError):
+    """The device ran out of memory even with the smallest plan (one line for the user)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,9 @@ class _RunnerBase:
         self.stats.seconds += time.perf_counter() - start
         self.stats.tokens += grid[0] * grid[1] * self.net.config.block_tokens**2
         self.stats.flops += flops_per_call(self.net.config, grid)
-        if device.type == "cuda":  # the caller resets the peak per image
-            self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, torch.cuda.max_memory_allocated(device))
+        peak = peak_bytes(device)  # CUDA's allocator peak; the caller resets it per image
+        if peak is not None:
+            self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, peak)
             self.stats.peak_device_source = "cuda_max_allocated"
         else:
             self.stats.peak_device_bytes = max(self.stats.peak_device_bytes, accounted)
@@ -88,7 +95,7 @@ class _RunnerBase:
 class WholeImageRunner(_RunnerBase):
     """Every block in one forward (the paper's Appendix A form): memory grows with the area."""
 
-    @torch.inference_mode()
+    @inferring
     def __call__(self, net_in: Tensor, c_noise: Tensor) -> Tensor:
         grid = self._grid(net_in)
         start = time.perf_counter()
@@ -109,11 +116,14 @@ class StreamedRunner(_RunnerBase):
     or just n (band and state on the device). The call's input may live on the host: each group's
     pixels are moved in and its output moved out, so device memory does not grow with the height.
     On a CUDA out-of-memory error the call is rerun with a smaller plan; the result does not depend on it.
+    `first_col`: the image's block column of the input's first column (a strip of a split image).
     """
 
     def __init__(self, net: InfDiT, lr: Tensor | None, vector: Tensor | None, block_batch: Plan | int,
-                 token_offset: tuple[int, int] = (0, 0), on_group: Callable[[int], None] | None = None) -> None:
+                 token_offset: tuple[int, int] = (0, 0), on_group: Callable[[int], None] | None = None,
+                 first_col: int = 0) -> None:
         super().__init__(net, lr, vector, token_offset)
+        self.first_col = first_col
         plan = block_batch
         n = plan.block_batch if isinstance(plan, Plan) else plan
         if n < 1:
@@ -130,18 +140,24 @@ class StreamedRunner(_RunnerBase):
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    @torch.inference_mode()
+    @inferring
     def __call__(self, net_in: Tensor, c_noise: Tensor) -> Tensor:
         grid = self._grid(net_in)
         start = time.perf_counter()
+        # The output lives where the input does (the sampler state's place), allocated outside the
+        # device region: a host state stays host memory.
+        out = buffer_like(net_in, (net_in.shape[0], self.net.config.image_channels, *net_in.shape[-2:]))
         while True:
             try:
-                out, accounted = self._stream(net_in, c_noise, grid)
+                with working_on(self.device):
+                    accounted = self._stream(net_in, c_noise, grid, out)
                 break
-            except torch.cuda.OutOfMemoryError:
+            except OutOfMemoryError:
+                release_cache(self.device)
                 if not self._shrink(grid):
-                    raise
-                torch.cuda.empty_cache()
+                    raise DeviceMemoryError(f"out of device memory with the smallest plan ({self.stats.placement}) "
+                                            f"for a {grid[1]}x{grid[0]}-block call; free device memory or "
+                                            "use a smaller image") from None
         self._record(grid, start, self.device, accounted)
         return out
 
@@ -186,20 +202,31 @@ class StreamedRunner(_RunnerBase):
         r, c = group.rows, group.cols
         nbh.begin_group(r, c, group.last_row, group.last_col)
         region = net_in[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs]
-        return self.net.run_blocks(region, cond, r, c, nbh, self.lr, self.token_offset)
+        image_cols = range(c.start + self.first_col, c.stop + self.first_col)  # RoPE positions, LR windows
+        return self.net.run_blocks(region, cond, r, image_cols, nbh, self.lr, self.token_offset)
 
-    def _stream(self, net_in: Tensor, c_noise: Tensor, grid: tuple[int, int]) -> tuple[Tensor, int]:
+    def _begin_group(self, nbh: StreamNeighbourhood, group: Group) -> None:
+        """Before each group (a strip runner receives its left edge at the start of a group-row)."""
+
+    def _end_group(self, nbh: StreamNeighbourhood, group: Group) -> None:
+        """After each group (a strip runner sends its right edge at the end of a group-row)."""
+
+    def _end_call(self) -> None:
+        """After the last group of a call."""
+
+    def _stream(self, net_in: Tensor, c_noise: Tensor, grid: tuple[int, int], out: Tensor) -> int:
         cfg, n = self.net.config, self.block_batch
         bs = cfg.block_size
         cond = self.net.condition(c_noise.to(self.device), self.vector)
-        out = torch.empty(net_in.shape[0], cfg.image_channels, *net_in.shape[-2:], device=net_in.device,
-                          dtype=net_in.dtype)
         nbh = self.neighbourhood(grid, net_in.shape[0])
         for group in self.groups(grid, n):
             r, c = group.rows, group.cols
+            self._begin_group(nbh, group)
             out[..., r.start * bs:r.stop * bs, c.start * bs:c.stop * bs] = self.run_group(net_in, cond, nbh, group)
+            self._end_group(nbh, group)
             if self.on_group is not None:
                 self.on_group(len(r) * len(c))
+        self._end_call()
         on_device = self.state == "device"
         dtype = next(self.net.parameters()).dtype
         accounted = accounted_device_bytes(cfg, grid, n, self.band, self.state, dtype, self._weights_bytes())
@@ -207,4 +234,4 @@ class StreamedRunner(_RunnerBase):
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, nbh.band_bytes)
         self.stats.host_bytes = max(self.stats.host_bytes, (0 if on_device else image)
                                     + (0 if nbh.on_device else nbh.band_bytes))
-        return out, accounted
+        return accounted

@@ -10,9 +10,12 @@ the whole-image path, so both paths compute the same function (`gather_neighbour
 The band is allocated once per call at its final size (`band_blocks`, closed form) and written in
 place; it can live on the compute device or in (pinned) host memory, in which case each layer
 reads only the group's own edge entries and writes its last row/column back, in stream order.
-A strip of columns whose left neighbour lives elsewhere (another process) would supply `left`
-and `corner` from outside; nothing here assumes column 0 is the image's first column except the
-replicate rule at c0 == 0.
+A strip of the image's columns whose left neighbour lives in another process (`--split-image`)
+is streamed the same way: before each group-row the neighbour's right column arrives
+(`receive_edge`) and serves as the left edge and, one group-row later, the corner of column 0,
+exactly what the band would hold there in one process; the strip's own right column is written
+layer by layer into `send_edge`'s buffer for the strip on its right. Without an edge, column 0 is
+the image's border (replicate padding).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from infdit_cli.device import buffer, pin_for
 from infdit_cli.model.uniba import gather_neighbours
 
 
@@ -56,14 +60,12 @@ class StreamNeighbourhood:
         self.on_device = store is None  # a host band on a CPU is the same memory, but planned (and counted) apart
         self.grid, self.n = grid, n
         group_rows, group_cols = math.ceil(rows / n), math.ceil(cols / n)
-        pin = self.store.type == "cpu" and self.device.type == "cuda"
+        pin = self.store.type == "cpu" and pin_for(self.device)
 
         def alloc(*shape: int) -> Tensor | None:
             if 0 in shape:
                 return None
-            full = (num_layers, 2, batch, *shape, *block_shape)
-            make = torch.zeros if zero else torch.empty
-            return make(full, dtype=dtype, device=self.store, pin_memory=pin)
+            return buffer((num_layers, 2, batch, *shape, *block_shape), dtype, self.store, zero=zero, pin=pin)
 
         self.top = alloc(cols if group_rows > 1 else 0)
         self.left = alloc(min(n, rows) if group_cols > 1 else 0)
@@ -73,6 +75,17 @@ class StreamNeighbourhood:
         self.rows = range(0)
         self.cols = range(0)
         self.last_row = self.last_col = False
+        self.edge: Tensor | None = None  # the left strip's right column, this group-row: [L, 2, B, X, T, H, D]
+        self.edge_above: Tensor | None = None  # ... of the group-row above (its bottom block is the corner)
+        self.outgoing: Tensor | None = None  # this group-row's right column, for the strip on the right
+
+    def receive_edge(self, column: Tensor) -> None:
+        """The left neighbour's right column for the coming group-row (on the compute device)."""
+        self.edge_above, self.edge = self.edge, column
+
+    def send_edge(self, column: Tensor | None) -> None:
+        """Where the coming group-row's right column is written, layer by layer (None: nobody reads it)."""
+        self.outgoing = column
 
     def begin_group(self, rows: range, cols: range, last_row: bool, last_col: bool) -> None:
         """Declare the group the next `gather` calls (one per layer) belong to."""
@@ -94,8 +107,11 @@ class StreamNeighbourhood:
         edges = []
         for which, own in ((0, k), (1, v)):
             top = own[:, 0] if r0 == 0 else self._read(self.top, layer, which, slice(c0, c1))
-            if c0 == 0:
+            if c0 == 0 and self.edge is None:  # the image's left border: replicate
                 left, corner = own[:, :, 0], top[:, 0]
+            elif c0 == 0:  # a strip's first column: the left neighbour's edge
+                left = self.edge[layer, which]
+                corner = left[:, 0] if r0 == 0 else self.edge_above[layer, which][:, -1]  # type: ignore[index]
             else:
                 left = self._read(self.left, layer, which, slice(0, own.shape[1]))
                 corner = left[:, 0] if r0 == 0 else self._read(self.corner, layer, which, None)
@@ -110,18 +126,13 @@ class StreamNeighbourhood:
         part = store[layer, which] if cols is None else store[layer, which][:, cols]
         return part.to(self.device, non_blocking=True)
 
-    @staticmethod
-    def _write(dst: Tensor, src: Tensor) -> None:
-        if dst.data_ptr() != src.data_ptr():
-            dst.copy_(src, non_blocking=True)
-
     def _advance(self, layer: int, k: Tensor, v: Tensor, top_k: Tensor, top_v: Tensor) -> None:
         """Write the entries later groups read into the band, in place."""
         c0, c1 = self.cols.start, self.cols.stop
         if not self.last_col and self.rows.start > 0 and self.corner is not None:
             # The next group in this row needs block (r0−1, c1−1) as its corner: stash it before overwriting.
-            self._write(self.corner[layer, 0], top_k[:, -1])
-            self._write(self.corner[layer, 1], top_v[:, -1])
+            self.corner[layer, 0].copy_(top_k[:, -1], non_blocking=True)
+            self.corner[layer, 1].copy_(top_v[:, -1], non_blocking=True)
         if not self.last_row and self.top is not None:
             self.top[layer, 0][:, c0:c1].copy_(k[:, -1], non_blocking=True)
             self.top[layer, 1][:, c0:c1].copy_(v[:, -1], non_blocking=True)
@@ -129,6 +140,9 @@ class StreamNeighbourhood:
             nr = k.shape[1]
             self.left[layer, 0][:, :nr].copy_(k[:, :, -1], non_blocking=True)
             self.left[layer, 1][:, :nr].copy_(v[:, :, -1], non_blocking=True)
+        if self.last_col and self.outgoing is not None:
+            self.outgoing[layer, 0].copy_(k[:, :, -1])
+            self.outgoing[layer, 1].copy_(v[:, :, -1])
 
     def device_bytes(self) -> int:
         """Bytes this neighbourhood holds on the compute device: the band, if it lives there."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from infdit_cli.device import synchronize
 from infdit_cli.model.network import InfDiT
 
 Clock = Callable[[], float]
@@ -25,10 +26,7 @@ class StopForward(Exception):
 
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so the clock reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    synchronize(device)
 
 
 class LayerClock:

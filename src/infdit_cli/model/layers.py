@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from infdit_cli.config import ModelConfig
+from infdit_cli.device import attention_kernels
 from infdit_cli.model.rope import AxisTables, apply_rope
 from infdit_cli.model.uniba import Neighbourhood
 
@@ -25,19 +25,10 @@ def layer_norm(x: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
-# On CUDA, cuDNN attention is ~1.6x faster than flash for head_dim 80 at these shapes (H200
-# measurement); torch falls back down the list when a backend cannot take the inputs.
-_CUDA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                  SDPBackend.MATH]
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Block-batched attention. q: [N, Tq, H, D]; k, v: [N, Tk, H, D] -> [N, Tq, H, D]."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if q.is_cuda:
-        with sdpa_kernel(_CUDA_BACKENDS, set_priority=True):
-            out = F.scaled_dot_product_attention(q, k, v)
-    else:
+    with attention_kernels(q):  # on CUDA, cuDNN first (see device.py)
         out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2)
 

@@ -142,8 +142,9 @@ class SamplingRun:
         self.dtype = options.arithmetic_dtype
         self.out_dtype = x.dtype
         self.options = options
-        self.sigmas = sigmas.detach().to(device=x.device, dtype=self.dtype)
-        self.values: list[float] = self.sigmas.cpu().tolist()
+        host = sigmas.to(device="cpu", dtype=self.dtype)  # the rounded values, read once on the host
+        self.values: list[float] = host.tolist()
+        self.sigmas = host.detach().to(x.device)
         if self.values[-1] != 0 or not all(math.isfinite(v) and v > 0 for v in self.values[:-1]):
             raise ValueError("sigmas must be finite and positive with a trailing 0")
         self.num_steps = len(self.values) - 1

@@ -81,6 +81,12 @@ def upscale_command(
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
     block_batch: BlockBatchOption = None,
     max_memory: MaxMemoryOption = None,
+    max_host_memory: Annotated[str | None, typer.Option(
+        help="Host RAM for the image-sized state, e.g. 3GB; past it the image runs out of core, band after band, "
+        "and is written as it finishes (png or tiff).", show_default="60% of the available RAM")] = None,
+    scratch: Annotated[Path | None, typer.Option(
+        help="Folder for out-of-core scratch files (the KV edges between bands); removed afterwards.",
+        show_default="the system's temporary folder")] = None,
     denoise: DenoiseOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, pre-flight or summary lines.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
@@ -111,7 +117,8 @@ def upscale_command(
     options = _upscale_options(scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max,
                                rho=rho, churn=churn, seed=seed, block_batch=parse_block_batch(block_batch),
                                max_memory=max_memory, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
-                               prompt_scale=prompt_scale, sampler_dtype=sampler_dtype)
+                               prompt_scale=prompt_scale, sampler_dtype=sampler_dtype, max_host_memory=max_host_memory,
+                               scratch=scratch)
     from infdit_cli.distributed import join
 
     session = join(pick_device(device))  # under torchrun: this rank, its device and the process group
@@ -198,7 +205,8 @@ class Batch:
 def _upscale_options(*, scale: int, steps: int | None, sampler: str | None, sigma_min: float | None,
                      sigma_max: float | None, rho: float | None, churn: float | None, seed: int,
                      block_batch: int | None, max_memory: str | None, prompt_pos: str | None,
-                     prompt_neg: str | None, prompt_scale: float, sampler_dtype: SamplerDtype) -> Any:
+                     prompt_neg: str | None, prompt_scale: float, sampler_dtype: SamplerDtype,
+                     max_host_memory: str | None = None, scratch: Path | None = None) -> Any:
     """The run's UpscaleOptions, built once from the command line and checked before any file or model;
     sampling fields not given stay None (the model's own sampling, filled in once it is loaded)."""
     import torch
@@ -209,12 +217,13 @@ def _upscale_options(*, scale: int, steps: int | None, sampler: str | None, sigm
 
     try:
         memory = parse_size(max_memory) if max_memory else None
+        host_memory = parse_size(max_host_memory) if max_host_memory else None
     except ValueError as exc:
         raise fail(str(exc)) from None
     options = UpscaleOptions(
         scale=scale, steps=steps, sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn,
         seed=seed, block_batch=block_batch, max_memory=memory, prompt_pos=prompt_pos, prompt_neg=prompt_neg,
-        prompt_scale=prompt_scale,
+        prompt_scale=prompt_scale, max_host_memory=host_memory, scratch=scratch,
         sampler_dtype=torch.bfloat16 if sampler_dtype == SamplerDtype.bf16 else torch.float32)
     options.validate()
     if sampler is not None:
@@ -330,7 +339,14 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Any, progres
     """Decode, plan (pre-flight line), upscale and, on the rank that writes it, encode one image."""
     import torch
 
-    from infdit_cli.imageio import check_output_size, format_losses, load_image, output_format, save_image
+    from infdit_cli.imageio import (
+        check_output_size,
+        check_streamable,
+        format_losses,
+        load_image,
+        output_format,
+        save_image,
+    )
     from infdit_cli.preprocess import upscale_alpha
 
     upscaler, scale = loaded.upscaler, a.scale
@@ -346,11 +362,19 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Any, progres
     options, denoise_note = _with_denoise(upscaler, loaded.options, a.denoise, job.source)
     plans = upscaler.plan((h, w), options, speed=loaded.estimator.calibration.speed)
     estimate = sum(loaded.estimator.run_seconds(p.grid, p.memory, p.nfe, options.steps) for p in plans)
+    streamed = _streamed(plans, a, session)
+    if streamed:
+        check_streamable(w * scale, h * scale, out_fmt)
     if not a.quiet:
         _preflight(job, image.size, scale, plans, estimate, denoise_note)
     progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
     tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
     resumable = session.checkpoint(a.checkpoint, job.target, loaded.model_hash, a.split_image)
+    if streamed:  # out of core: each band is written as it finishes
+        with layer_ticks(upscaler.model, progress):
+            result = _upscale_streamed(job, upscaler, tensor, options, plans, progress, image, out_fmt)
+        upscaled = time.perf_counter()
+        return Done((w, h), options, plans, estimate, result, (start, decoded, upscaled, upscaled))
     with layer_ticks(upscaler.model, progress):
         result = session.upscale(upscaler, tensor, options, plans, progress.blocks_done, resumable, a.split_image)
     upscaled = time.perf_counter()
@@ -360,6 +384,38 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Any, progres
         if resumable is not None:
             resumable.clear()
     return Done((w, h), options, plans, estimate, result, (start, decoded, upscaled, time.perf_counter()))
+
+
+def _streamed(plans: list, a: RunSettings, session: Any) -> bool:
+    """Whether the image runs out of core and is written band by band: the plan says so, in one process
+    (a split image gathers its strips in RAM; a checkpointed run resumes in RAM)."""
+    from infdit_cli.banded import is_banded
+
+    return is_banded(plans) and not (a.split_image and session.ranks.distributed) and a.checkpoint is None
+
+
+def _upscale_streamed(job: Job, upscaler: Any, tensor: Any, options: Any, plans: list, progress: ImageProgress,
+                      image: Any, out_fmt: str) -> Any:
+    """Run the bands and write each as it finishes (alpha rows upscaled beside them); the run's result."""
+    from infdit_cli.banded import BandedUpscale
+    from infdit_cli.imageio import save_bands
+    from infdit_cli.preprocess import upscale_alpha, upscaled_rows
+
+    scale = options.scale
+    w, h = image.size
+    run = BandedUpscale(upscaler, tensor, options, plans, progress.blocks_done)
+
+    def bands():
+        top = 0
+        for band in run:
+            rows = range(top, top + band.shape[-2])
+            alpha = None if image.alpha is None else upscaled_rows(
+                lambda part: upscale_alpha(part, scale), image.alpha, scale, rows)
+            yield band[0].permute(1, 2, 0), alpha
+            top = rows.stop
+
+    save_bands(job.target, bands(), (w * scale, h * scale), image, out_fmt)
+    return run.result
 
 
 def _record(job: Job, done: Done, loaded: Loaded, a: RunSettings) -> dict[str, Any]:
@@ -456,10 +512,19 @@ def _with_denoise(upscaler: Any, options: Any, setting: float | None, source: Pa
     return replace(options, denoise=strength), f", denoise {strength:.2f} ({why})"
 
 
+def _host_note(plan: Any) -> str:
+    """The pass's host side for the pre-flight line: out of core (band height, scratch disk) or nothing."""
+    host = plan.host
+    if host is None or not host.banded:
+        return ""
+    disk = f", {format_bytes(host.disk_bytes)} scratch disk" if host.disk_bytes else ""
+    return f", {host.name}{disk}"
+
+
 def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "") -> None:
     """One line before an image: size, blocks, the placement plan, planned device peak, calls, estimated time."""
 
-    plan = " / ".join(p.memory.name for p in plans)
+    plan = " / ".join(p.memory.name + _host_note(p) for p in plans)
     peak = max(p.memory.device_bytes for p in plans)
     host = max(p.memory.host_bytes for p in plans)
     off = f" (+{format_bytes(host)} on the host)" if host else ""

@@ -8,11 +8,13 @@ bicubic LR + per-block noise -> sampler over the EDM denoiser, streamed block gr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -29,6 +31,7 @@ from infdit_cli.engine import (
     budget_bytes,
     plan_placement,
 )
+from infdit_cli.engine.bands import HostPlan, host_budget, plan_host
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
 from infdit_cli.errors import InfditError
 from infdit_cli.model import EDMDenoiser, InfDiT
@@ -64,6 +67,10 @@ class UpscaleOptions:
     block_batch: int | None = None  # None ("auto"): the placement planner picks the fastest n that fits
     max_memory: int | None = None
     state: str | None = None  # where the sampler's image-sized state lives: "device", "host"; None: planned
+    # Host RAM for the image-sized state (None: from the available RAM): past it a pass runs out of core,
+    # band after band (banded.py), its KV edges in `scratch` (None: the system's temporary folder).
+    max_host_memory: int | None = None
+    scratch: Path | None = None
     prompt_pos: str | None = None
     prompt_neg: str | None = None
     prompt_scale: float = 2.0
@@ -96,6 +103,7 @@ class PassPlan:
     grid: tuple[int, int]  # block rows, cols of the padded output
     memory: Plan  # the placement: n, where the KV band and the sampler state live, planned bytes
     nfe: int
+    host: HostPlan | None = None  # in RAM or band after band (out of core); None: in RAM, unplanned
 
     @property
     def blocks(self) -> int:
@@ -115,13 +123,20 @@ class UpscaleResult:
 class PassInputs:
     """One pass's sampling inputs: the concat LR, the cross-attention LR, CLIP vector, schedule, seed."""
 
-    lr_up: Tensor  # [1, 3, H, W] bicubic-upsampled padded LR in [-1, 1], H and W whole blocks
+    lr_pad: Tensor  # [1, 3, h, w] the LR in [-1, 1], padded so that h·factor and w·factor are whole blocks
+    factor: int
     model_lr: Tensor | None  # what the nearby-LR cross attention reads (None: model without it)
     vector: Tensor | None  # CLIP image embedding (None: model without CLIP)
     sigmas: Tensor  # the schedule, on the host (the sampler reads its values and moves it beside x)
     seed: int  # the pass's noise seed (block noise is drawn from (seed, step, block row, block column))
     crop: tuple[int, int]  # (h, w) of the real image inside the padded output
     index: int  # pass number (×8 and ×16 run two)
+
+    @functools.cached_property
+    def lr_up(self) -> Tensor:
+        """[1, 3, H, W] bicubic-upsampled padded LR in [-1, 1], the whole image (an out-of-core pass takes
+        its bands' rows with `upsample_lr_rows` instead)."""
+        return upsample_lr(self.lr_pad, self.factor)
 
 
 # (sampler, denoiser, x0, sigmas, noise, pass index) -> sampled x; the default is sampler.sample.
@@ -229,7 +244,10 @@ class Upscaler:
             memory = plan_placement(self.config, grid, self.dtype, self.device.type,
                                     budget_bytes(self.device, options.max_memory), self.model.num_parameters(),
                                     block_batch=options.block_batch, state=options.state, speed=speed)
-            plans.append(PassPlan(factor, (h, w), grid, memory, sampler.nfe(options.steps)))
+            nfe = sampler.nfe(options.steps)
+            host = plan_host(self.config, grid, memory.block_batch, nfe, self.dtype,
+                             host_budget(self.device, memory, options.max_host_memory))
+            plans.append(PassPlan(factor, (h, w), grid, memory, nfe, host))
             h, w = h * factor, w * factor
         return plans
 
@@ -273,6 +291,10 @@ class Upscaler:
         options.validate()
         if plans is None:
             plans = self.plan(tuple(image.shape[-2:]), options)
+        from infdit_cli.banded import BandedUpscale, is_banded
+
+        if is_banded(plans) and split is None and sample is None:  # out of core, gathered for the caller
+            return BandedUpscale(self, image, options, plans, on_blocks).collect()
         start = time.perf_counter()
         reset_device_peak(self.device)  # each image reports its own peak
         x: Tensor | None = image.float()
@@ -295,7 +317,6 @@ class Upscaler:
         dev = self.state_device(plan)
         lr = image01.to(dev) * 2 - 1
         lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f)
-        lr_up = upsample_lr(lr_pad, f)
         if f == cfg.sr_scale:
             model_lr, clip_lr = lr_pad, lr
         else:  # ×2 with the ×4 model: CLIP and cross attention see the LR at half size
@@ -306,7 +327,7 @@ class Upscaler:
             vector = self.condition_vector(clip_lr.to(self.device), options)
         with working_on(torch.device("cpu")):  # the schedule is a host fact
             sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho)
-        return PassInputs(lr_up, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
+        return PassInputs(lr_pad, f, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
                           options.seed + 1_000_003 * index, (h * f, w * f), index)
 
     def state_device(self, plan: PassPlan) -> torch.device:

@@ -6,6 +6,8 @@ pure tensor functions, no files (the file layer is `infdit_cli.imageio`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,26 @@ def upsample_lr(lr: Tensor, scale: int) -> Tensor:
     """The concatenated LR channels: bicubic ×scale of the [-1, 1] LR, clipped to [-1, 1]."""
     h, w = lr.shape[-2:]
     return bicubic_resize(lr, (h * scale, w * scale)).clamp(-1, 1)
+
+
+# LR rows read beyond a band on each side: bicubic reads 2 (its support), one more for the rounding of
+# the window's ends.
+BICUBIC_HALO = 3
+
+
+def upsample_lr_rows(lr: Tensor, scale: int, rows: range) -> Tensor:
+    """Rows `rows` (multiples of `scale`) of `upsample_lr(lr, scale)`, from only the LR rows they read."""
+    return upscaled_rows(lambda part: upsample_lr(part, scale), lr, scale, rows)
+
+
+def upscaled_rows(upscale: Callable[[Tensor], Tensor], x: Tensor, scale: int, rows: range) -> Tensor:
+    """Rows `rows` (multiples of `scale`) of the bicubic ×scale `upscale(x)`, computed from the rows of x
+    they read: the same numbers bit for bit (each output row's weights depend on its offset from its
+    input rows only, and scale is a power of two), so an out-of-core pass never holds the whole image."""
+    h = x.shape[-2]
+    a, b = rows.start // scale, rows.stop // scale
+    lo, hi = max(0, a - BICUBIC_HALO), min(h, b + BICUBIC_HALO)
+    return upscale(x[..., lo:hi, :])[..., (a - lo) * scale:(b - lo) * scale, :]
 
 
 def clip_pixels(lr: Tensor, size: int = 224) -> Tensor:

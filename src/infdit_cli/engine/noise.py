@@ -25,12 +25,12 @@ def block_seed(seed: int, row: int, col: int, step: int) -> int:
 
 def block_noise(
     seed: int, step: int, shape: tuple[int, ...], block_size: int,
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, first_col: int = 0,
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, first_col: int = 0, first_row: int = 0,
 ) -> Tensor:
     """N(0, 1) noise of `shape` [B, C, H, W] (H, W multiples of block_size), built block by block.
 
     first_col: the image's block column that the tensor's first column is (a strip of columns:
-    the same numbers as the whole image's noise there, block for block).
+    the same numbers as the whole image's noise there, block for block); first_row likewise (a band of rows).
     """
     b, c, h, w = shape
     if h % block_size or w % block_size:
@@ -40,7 +40,7 @@ def block_noise(
     gen = torch.Generator()
     for i in range(h // block_size):
         for j in range(w // block_size):
-            gen.manual_seed(block_seed(seed, i, first_col + j, step))
+            gen.manual_seed(block_seed(seed, first_row + i, first_col + j, step))
             out[:, :, i * block_size:(i + 1) * block_size, j * block_size:(j + 1) * block_size] = torch.randn(
                 (b, c, block_size, block_size), generator=gen)
     return out.to(device=device, dtype=dtype, non_blocking=True)

@@ -1,0 +1,121 @@
+"""An out-of-core upscale: each pass band after band (engine/bands.py), the result as bands of rows.
+
+`Upscaler.plan` marks a pass out of core (`PassPlan.host`) when its image-sized state does not fit the
+host budget. Such a pass samples one band of block rows at a time: the band's bicubic start
+(`upsample_lr_rows`), its block noise (the image's, block for block), the same sampler over a
+`BandRunner`. The last pass's bands are yielded as they finish (`imageio.save_bands` writes them), so
+host memory holds a band, the LR and the kept KV edges, not the image; an earlier pass of ×8/×16 is
+gathered in RAM, since it is the next pass's LR (1/4 or 1/16 of the output's area).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from infdit_cli.device import inferring, working_on
+from infdit_cli.engine import EngineStats, block_noise
+from infdit_cli.engine.bands import BandRunner, EdgeStore, HostPlan
+from infdit_cli.engine.measure import RssPeak
+from infdit_cli.model import EDMDenoiser
+from infdit_cli.pipeline import PassPlan, UpscaleOptions, Upscaler, UpscaleResult
+from infdit_cli.preprocess import upsample_lr_rows
+from infdit_cli.samplers import get_sampler
+
+
+def is_banded(plans: list[PassPlan]) -> bool:
+    """Whether any pass of the plan runs out of core."""
+    return any(p.host is not None and p.host.banded for p in plans)
+
+
+class BandedUpscale:
+    """Iterate to run the upscale: [1, 3, rows, W·s] bands in [0, 1] (CPU, float32), top to bottom, whose
+    rows make the image; `result` (stats, timing, RSS growth; no image) is set once the last band is out."""
+
+    def __init__(self, upscaler: Upscaler, image: Tensor, options: UpscaleOptions, plans: list[PassPlan],
+                 on_blocks: Callable[[int], None] | None = None) -> None:
+        self.upscaler = upscaler
+        self.image = image
+        self.options = upscaler.options(options)
+        self.plans = plans
+        self.on_blocks = on_blocks
+        self.result: UpscaleResult | None = None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        start = time.perf_counter()
+        x, stats = self.image.float(), []
+        with RssPeak() as rss:
+            for index, plan in enumerate(self.plans):
+                st = EngineStats()
+                bands = self._pass(x, plan, index, st)
+                if index == len(self.plans) - 1:
+                    yield from bands
+                else:
+                    x = torch.cat(list(bands), dim=-2)  # the next pass's LR
+                stats.append(st)
+        self.result = UpscaleResult(None, self.plans, stats, time.perf_counter() - start, rss.growth)
+
+    def collect(self) -> UpscaleResult:
+        """Run it all and keep the image (the in-RAM result, for a caller that holds it anyway)."""
+        image = torch.cat(list(self), dim=-2)
+        assert self.result is not None
+        return replace(self.result, image=image)
+
+    @inferring
+    def _pass(self, image01: Tensor, plan: PassPlan, index: int, stats: EngineStats) -> Iterator[Tensor]:
+        up, options = self.upscaler, self.options
+        cfg, bs, dev = up.config, up.config.block_size, up.state_device(plan)
+        host = plan.host or HostPlan(plan.grid[0], plan.grid[0], 0, 0, False)
+        inputs = up.pass_inputs(image01, plan, options, index)
+        sampler = get_sampler(options.sampler, up._sampler_options(options))
+        sigmas, seed, (h, w) = inputs.sigmas, inputs.seed, inputs.crop
+        scratch = Path(options.scratch) if options.scratch else None
+        edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, _edge_folder(host, scratch))
+        try:
+            for band, r0 in enumerate(range(0, plan.grid[0], host.band_rows)):
+                r1 = min(plan.grid[0], r0 + host.band_rows)
+                with working_on(dev):
+                    lr_up = upsample_lr_rows(inputs.lr_pad, plan.factor, range(r0 * bs, r1 * bs))
+                    runner = BandRunner(up.model, inputs.model_lr, inputs.vector, plan.memory, band, r0, edges,
+                                        on_group=self.on_blocks)
+                    shape = tuple(lr_up.shape)
+
+                    def noise(step: int, shape: tuple[int, ...] = shape, r0: int = r0) -> Tensor:
+                        return block_noise(seed, step + 1, shape, bs, dev, first_row=r0)
+
+                    x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, bs, dev, first_row=r0)
+                    out = sampler.sample(EDMDenoiser(runner, lr_up, cfg.sigma_data), x0, sigmas, noise).float()
+                _merge(stats, runner.stats, host)
+                rows = min(r1 * bs, h) - r0 * bs
+                if rows > 0:
+                    yield ((out[..., :rows, :w] + 1) / 2).clamp(0, 1).cpu()
+        finally:
+            edges.close()
+
+
+def _edge_folder(host: HostPlan, scratch: Path | None) -> Path | None:
+    if not host.edges_on_disk:
+        return None
+    import tempfile
+
+    return scratch if scratch is not None else Path(tempfile.gettempdir())
+
+
+def _merge(total: EngineStats, band: EngineStats, host: HostPlan) -> None:
+    """One pass's figures from its bands': every band makes the pass's calls; work and time add up."""
+    total.calls = max(total.calls, band.calls)
+    total.tokens += band.tokens
+    total.flops += band.flops
+    total.seconds += band.seconds
+    total.peak_kv_bytes = max(total.peak_kv_bytes, band.peak_kv_bytes)
+    total.peak_device_bytes = max(total.peak_device_bytes, band.peak_device_bytes)
+    total.peak_device_source = band.peak_device_source
+    total.host_bytes = max(total.host_bytes, band.host_bytes)
+    total.block_batch = band.block_batch
+    total.placement = f"{band.placement}, {host.name}"
+    total.oom_retries += band.oom_retries

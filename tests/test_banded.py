@@ -1,0 +1,118 @@
+"""Out of core (banded.py, engine/bands.py): band after band, the same image bit for bit as in RAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infdit_cli.banded import BandedUpscale
+from infdit_cli.engine.bands import HostPlan, plan_host
+from infdit_cli.engine.memory import state_bytes
+from infdit_cli.model import InfDiT
+from infdit_cli.pipeline import UpscaleOptions, Upscaler
+from tests.models import small_block
+
+TINY_RAM = 1  # bytes: forces the smallest bands
+
+
+@pytest.fixture(scope="module")
+def upscaler() -> Upscaler:
+    return Upscaler(InfDiT(small_block()).init_random(3).eval())
+
+
+def image(h: int, w: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(h * 1000 + w)
+    return torch.rand(1, 3, h, w, generator=g)
+
+
+@pytest.mark.parametrize("sampler, steps, churn, n", [("heun-edm", 2, 0.0, 1), ("euler", 2, 1.0, 2),
+                                                      ("dpmpp-2m", 3, 0.0, 1)])
+def test_out_of_core_is_bit_identical(upscaler: Upscaler, sampler: str, steps: int, churn: float, n: int) -> None:
+    """A tall image (ragged last band, cropped padding) in bands of one group-row, as small as they get."""
+    if sampler == "dpmpp-2m":
+        pytest.importorskip("infdit_dpmpp")
+    lr = image(29, 13)
+    if n:
+        base = UpscaleOptions(sampler=sampler, steps=steps, churn=churn, block_batch=n, seed=5)
+        in_ram = upscaler.upscale(lr, base)
+        assert all(p.host is not None and not p.host.banded for p in in_ram.passes)
+        tight = UpscaleOptions(sampler=sampler, steps=steps, churn=churn, block_batch=n, seed=5,
+                               max_host_memory=TINY_RAM)
+        banded = upscaler.upscale(lr, tight)
+        assert all(p.host is not None and p.host.banded for p in banded.passes)
+        assert torch.equal(in_ram.image, banded.image)
+        assert banded.stats[0].calls == in_ram.stats[0].calls
+
+
+def test_out_of_core_two_passes_and_disk_edges(upscaler: Upscaler, tmp_path) -> None:
+    """×8 (two passes, the first gathered as the second's LR) with the KV edges memory-mapped on disk."""
+    lr = image(17, 5)
+    base = UpscaleOptions(scale=8, sampler="heun-edm", steps=2, seed=1, block_batch=2)
+    tight = UpscaleOptions(scale=8, sampler="heun-edm", steps=2, seed=1, block_batch=2, max_host_memory=TINY_RAM,
+                           scratch=tmp_path)
+    banded = upscaler.upscale(lr, tight)
+    assert all(p.host.edges_on_disk for p in banded.passes)
+    assert torch.equal(upscaler.upscale(lr, base).image, banded.image)
+    assert list(tmp_path.iterdir()) == []  # the scratch files are gone
+
+
+def test_bands_stream_in_raster_order(upscaler: Upscaler) -> None:
+    lr = image(24, 8)
+    options = UpscaleOptions(sampler="euler", steps=1, block_batch=1, max_host_memory=TINY_RAM)
+    plans = upscaler.plan((24, 8), options)
+    run = BandedUpscale(upscaler, lr, options, plans)
+    heights = [b.shape[-2] for b in run]
+    assert len(heights) > 1 and sum(heights) == 96 and run.result is not None
+    assert heights[0] == plans[0].host.band_rows * upscaler.config.block_size
+
+
+def test_host_plan_closed_form() -> None:
+    cfg = small_block()
+    grid = (512, 64)  # 16384 x 2048 px
+    roomy = plan_host(cfg, grid, 4, 3, torch.float32, None)
+    assert roomy == HostPlan(512, 512, state_bytes(2048, 16384), 0, False) and not roomy.banded
+    budget = 1 << 30
+    tight = plan_host(cfg, grid, 4, 3, torch.float32, budget)
+    assert tight.banded and tight.band_rows % 4 == 0 and tight.host_bytes <= budget
+    # The state of a band grows with its width only: twice the height, the same plan.
+    assert plan_host(cfg, (1024, 64), 4, 3, torch.float32, budget).band_rows == tight.band_rows
+    tiny = plan_host(cfg, grid, 4, 3, torch.float32, 1)
+    assert tiny.edges_on_disk and tiny.disk_bytes > 0 and tiny.band_rows == 4
+    assert np.isfinite(tiny.host_bytes)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.models import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.usefixtures("calibrate_once")
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_cli_out_of_core_writes_the_same_pixels(model_dir, tmp_path, ext: str) -> None:
+    """`--max-host-memory` past the state: the pre-flight line says so, bands are written as they finish
+    (alpha too), and the file holds the in-RAM run's pixels; JPEG is refused before the run."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    rgba = np.random.default_rng(4).integers(0, 256, (27, 9, 4), dtype=np.uint8)
+    src = tmp_path / "in.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    common = ["upscale", str(src), "--model", str(model_dir), "--steps", "2", "--sampler", "heun-edm",
+              "--block-batch", "1"]
+    cli = CliRunner()
+    whole = cli.invoke(app, [*common, "-o", str(tmp_path / f"whole.{ext}")])
+    assert whole.exit_code == 0, whole.output
+    banded = cli.invoke(app, [*common, "-o", str(tmp_path / f"banded.{ext}"), "--max-host-memory", "1B",
+                              "--scratch", str(tmp_path / "scratch")])
+    assert banded.exit_code == 0, banded.output
+    assert "out of core" in banded.output and "scratch disk" in banded.output
+    with Image.open(tmp_path / f"whole.{ext}") as a, Image.open(tmp_path / f"banded.{ext}") as b:
+        assert a.size == b.size == (36, 108) and np.array_equal(np.asarray(a), np.asarray(b))
+    refused = cli.invoke(app, [*common, "-o", str(tmp_path / "out.jpg"), "--max-host-memory", "1B"])
+    assert refused.exit_code != 0 and "use --format tiff or png" in refused.output
+    assert not (tmp_path / "out.jpg").exists()

@@ -156,16 +156,29 @@ def test_calculated_kv_band_equals_the_engine_peak(rows, cols, n):
         assert runner.stats.peak_kv_bytes == kv_band_bytes(cfg, cols, n, torch.float32)
 
 
-def test_streamed_memory_is_flat_in_height_and_whole_grows_with_area():
-    """The sampler state on the host: the device peak is the same at 4× the height (issue 13's 1.10 bound)."""
+def test_streamed_working_memory_is_flat_in_height_measured():
+    """What a streamed call allocates (the allocator's peak) beyond its image-sized output is the same
+    at 4× the height: the band and one group's activations, nothing that grows with the image."""
+    cfg = preset("tiny")
+    net = InfDiT(cfg).init_random(0).eval()
+    working = []
+    for rows in (4, 16):  # several group-rows each, so the band is at its steady size
+        net_in, lr, c_noise = _inputs(cfg, rows, 3)
+        runner = StreamedRunner(net, lr, None, 2)
+        runner(net_in, c_noise)  # warm: later allocations only
+        output = 3 * net_in.shape[-2] * net_in.shape[-1] * 4
+        working.append(allocator_peak(lambda: runner(net_in, c_noise)) - output)  # noqa: B023
+    assert working[1] <= 1.02 * working[0], working
+
+
+def test_bench_rows_keep_the_state_on_the_host_and_whole_grows_with_area():
+    """The bench's reported figures: state planned on the host (host bytes grow, not the device's)."""
     report = run_bench("tiny", [(768, 512), (768, 1536)], [2], include_whole=True, time_budget_s=600,
                        measure_peak=False, max_repeats=1)
     streamed = [r for r in report.rows if r.path == "streamed"]
     whole = [r for r in report.rows if r.path == "whole"]
     assert [r.kv_source for r in streamed] == ["measured", "measured"]  # full calls, engine-allocated band
     assert all("state on host" in r.placement for r in streamed)
-    short, tall = (r.peak_memory_bytes for r in streamed)
-    assert tall <= 1.10 * short
     assert streamed[1].host_bytes > 2.5 * streamed[0].host_bytes  # the state went to the host instead
     forced = run_bench("tiny", [(768, 512), (768, 1536)], [2], include_whole=False, time_budget_s=600,
                        measure_peak=False, max_repeats=1, state="device").rows

@@ -73,7 +73,7 @@ def test_lazy_bench_command_parses_and_runs_its_own_help() -> None:
     (["upscale"], ["[default: (the model's, else 20)]", "[default: (the model's, else heun-edm)]",
                    "[default: (the model's, else 0.002)]", "[default: (the model's, else 40)]",
                    "[default: (the model's, else 7)]", "[default: (the model's, else 0)]",
-                   "org/name[@rev]", "<auto|fp32|bf16|fp16>", "[default: 4]"]),
+                   "org/name@rev", "<auto|fp32|bf16|fp16>", "[default: 4]"]),
     (["convert"], ["-o", "--output", "<auto|fp32|bf16|fp16>", "[required]"]),
     (["init-model"], ["-o", "--output", "<auto|fp32|bf16|fp16>", "[default: 0]"]),
 ])
@@ -87,3 +87,19 @@ def test_help_shows_every_default_and_choice(command: list[str], shown: list[str
     for text in shown:
         assert text in res.output, text
     assert not re.search(r"\w \.(\s|$)", res.output)  # "Sampler steps ." = a default eaten as rich markup
+
+
+@pytest.mark.parametrize("command", [["upscale"], ["eval"], ["train"], ["bench"]])
+def test_help_is_readable_in_80_columns(command: list[str]) -> None:
+    """Every line fits, and every description starts by column 40 (rich's table left them ~18 columns)."""
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+
+    res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    rows = [re.match(r"  (-\w, )?--[\w-]+( / --[\w-]+)?( <[^>]*>)?\s{2,}(?=\S)", line) for line in lines]
+    starts = [m.end() for m in rows if m]
+    assert len(starts) >= 5 and max(starts) <= 40, starts

@@ -101,10 +101,23 @@ def test_ready_made_pairs_in_two_folders(tmp_path):
     assert math.isclose(score.psnr, 10 * math.log10(255**2 / 100), rel_tol=1e-9)
 
 
+def test_a_folder_of_hr_files_alone_is_photos_and_the_mode_forces_either_reading(tmp_path):
+    save(tmp_path / "a_hr.png", np.full((40, 40, 3), 1))
+    save(tmp_path / "b_hr.png", np.full((40, 40, 3), 2))
+    assert [(s.name, s.lr) for s in find_samples(tmp_path)] == [("a_hr.png", None), ("b_hr.png", None)]
+    assert [s.size for s in evaluate(NearestPlus(0), tmp_path, None).images] == [(40, 40), (40, 40)]
+    with pytest.raises(EvalError, match="^a: no matching LR image"):
+        find_samples(tmp_path, mode="pairs")
+    save(tmp_path / "a_lr.png", np.full((10, 10, 3), 1))
+    with pytest.raises(EvalError, match="^b: no matching LR image"):  # one NAME_lr: pairs, all of them
+        find_samples(tmp_path)
+    assert len(find_samples(tmp_path, mode="photos")) == 3
+
+
 def test_bad_pairs_are_one_line_errors(tmp_path):
     save(tmp_path / "a_hr.png", np.full((40, 40, 3), 1))
     with pytest.raises(EvalError, match="^a: no matching LR image"):
-        find_samples(tmp_path)
+        find_samples(tmp_path, mode="pairs")
     save(tmp_path / "a_lr.png", np.full((12, 10, 3), 1))
     with pytest.raises(EvalError, match="is not 4x the LR"):
         evaluate(NearestPlus(0), tmp_path, None)

@@ -210,7 +210,14 @@ def test_samplers_never_draw_global_randomness(monkeypatch):
     for name in ("randn", "randn_like", "rand", "rand_like", "normal"):
         monkeypatch.setattr(torch, name, forbidden)
     for cls in (HeunEDM, Euler):
-        cls(SamplerOptions(s_churn=1.0)).sample(gaussian_denoiser, x, sigmas, table.__getitem__)
+        used: list[int] = []
+
+        def noise(step: int, used: list[int] = used) -> torch.Tensor:
+            used.append(step)
+            return table[step]
+
+        out = cls(SamplerOptions(s_churn=1.0)).sample(gaussian_denoiser, x, sigmas, noise)
+        assert used == [0, 1, 2, 3] and torch.isfinite(out).all()  # churn drew its noise, from the function
 
 
 def test_churn_gamma_cap_and_window():

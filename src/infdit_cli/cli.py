@@ -6,22 +6,40 @@ import ast
 import importlib
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from infdit_cli import __version__, errors
 from infdit_cli.cli_common import Dtype, cli_errors, fail, info, out, parse_dtype, report_error
 from infdit_cli.cli_train import eval_command, train_command
 from infdit_cli.cli_upscale import upscale_command
+from infdit_cli.samplers.schedules import RELEASED
 
 # Commands whose modules import torch when loaded: imported only when run (or asked for --help),
 # so `infdit --help` and the light commands start in well under a second.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {"bench": ("infdit_cli.cli_bench", "bench_command")}
+# Rich help puts each option's description in a fourth column, about 18 characters wide on an
+# 80-column terminal; Click's plain help gives it about 45. Below this width the help is plain.
+RICH_HELP_COLUMNS = 100
+
+
+def _help_markup() -> str | None:
+    """Rich help on a terminal at least `RICH_HELP_COLUMNS` wide, plain help below (read when shown)."""
+    return "rich" if shutil.get_terminal_size().columns >= RICH_HELP_COLUMNS else None
+
+
+class _Command(TyperCommand):
+    """Typer's command, with its help plain on a narrow terminal."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.rich_markup_mode = _help_markup()  # type: ignore[assignment]
+        super().format_help(ctx, formatter)
 
 
 def _first_doc_line(module: str, function: str) -> str:
@@ -47,7 +65,7 @@ class _LazyCommand(click.Command):
     def real(self) -> click.Command:
         if self._real is None:
             single = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-            single.command(self.name)(getattr(importlib.import_module(self.module), self.function))
+            single.command(self.name, cls=_Command)(getattr(importlib.import_module(self.module), self.function))
             self._real = typer.main.get_command(single)
         return self._real
 
@@ -57,7 +75,11 @@ class _LazyCommand(click.Command):
 
 
 class _Group(TyperGroup):
-    """Typer's group plus the lazily imported commands of LAZY_COMMANDS."""
+    """Typer's group plus the lazily imported commands of LAZY_COMMANDS; help as `_Command`'s."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.rich_markup_mode = _help_markup()  # type: ignore[assignment]
+        super().format_help(ctx, formatter)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -87,12 +109,12 @@ def _root(
     """Inf-DiT super-resolution: any size, memory that grows with the width, not the area."""
 
 
-app.command("upscale")(upscale_command)
-app.command("train")(train_command)
-app.command("eval")(eval_command)
+app.command("upscale", cls=_Command)(upscale_command)
+app.command("train", cls=_Command)(train_command)
+app.command("eval", cls=_Command)(eval_command)
 
 
-@app.command("convert")
+@app.command("convert", cls=_Command)
 @cli_errors
 def convert_command(
     src: Annotated[Path, typer.Argument(
@@ -119,7 +141,7 @@ def convert_command(
         print(report.clip_path)
 
 
-@app.command("init-model")
+@app.command("init-model", cls=_Command)
 @cli_errors
 def init_model_command(
     preset_name: Annotated[str, typer.Argument(
@@ -148,11 +170,11 @@ def init_model_command(
     print(path)
 
 
-@app.command("samplers")
+@app.command("samplers", cls=_Command)
 @cli_errors
 def samplers_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
-    steps: Annotated[int, typer.Option(help="Step count for the network-call column.")] = 20,
+    steps: Annotated[int, typer.Option(help="Step count for the network-call column.")] = RELEASED.steps,
 ) -> None:
     """List every sampler plugin, built-in or third-party, with its package and cost."""
     from infdit_cli.samplers import SamplerOptions, available_samplers, get_sampler

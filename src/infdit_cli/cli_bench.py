@@ -14,6 +14,7 @@ from rich.table import Table
 from infdit_cli import errors
 from infdit_cli.bench import BenchError, BenchReport, how_measured, memory_ratios
 from infdit_cli.cli_common import DEVICE_HELP, DTYPE_HELP, Dtype, cli_errors, fail, info, out, parse_dtype, pick_device
+from infdit_cli.samplers.schedules import RELEASED
 from infdit_cli.units import format_bytes, format_duration
 
 
@@ -130,8 +131,8 @@ def bench_command(
         "--block-batch", "-n", help="Block batch n or auto (repeatable: one row each).", show_default="auto")] = None,
     dtype: Annotated[Dtype, typer.Option(help=DTYPE_HELP)] = Dtype.auto,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    steps: Annotated[int, typer.Option(help="Sampler steps for the projected run time.")] = 20,
-    sampler: Annotated[str, typer.Option(help="Sampler whose NFE count projects the run time.")] = "heun-edm",
+    steps: Annotated[int, typer.Option(help="Sampler steps for the projected run time.")] = RELEASED.steps,
+    sampler: Annotated[str, typer.Option(help="Sampler whose NFE count projects the run time.")] = RELEASED.sampler,
     whole: Annotated[bool, typer.Option(
         "--whole/--no-whole", help="Also the whole-image path (measured if it fits, else estimated).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report on stdout.")] = False,

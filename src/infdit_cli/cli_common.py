@@ -55,12 +55,12 @@ class SamplerDtype(str, Enum):
 
 
 DTYPE_HELP = "Precision: auto (bf16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16."
-DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "Device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
 
 # Options that `upscale` and `eval` share, spelt once (defaults None = the model's own, else ours).
 ModelOption = Annotated[str | None, typer.Option(
-    help="Model: local folder/file or hub repo org/name\\[@rev].", show_default="the shipped model")]
+    help="Model: a local folder or file, or a hub repo org/name (or org/name@rev).",
+    show_default="the shipped model")]
 StepsOption = Annotated[int | None, typer.Option(
     help="Sampler steps.", show_default=f"the model's, else {RELEASED.steps}")]
 SamplerOption = Annotated[str | None, typer.Option(

@@ -53,6 +53,14 @@ class Init(str, Enum):
     random = "random"
 
 
+class EvalMode(str, Enum):
+    """--mode of `infdit eval` (see infdit_cli.evaluate.find_samples)."""
+
+    auto = "auto"
+    photos = "photos"
+    pairs = "pairs"
+
+
 def _parse_overrides(items: list[str] | None) -> dict[str, object]:
     """`field=value` pairs for ModelConfig (values parsed as JSON when possible: ints, floats, bools)."""
     result: dict[str, object] = {}
@@ -172,6 +180,9 @@ def eval_command(
     lr_folder: Annotated[Path | None, typer.Option(
         "--lr", help="Folder of LR images with the same names as the HR images in FOLDER.",
         show_default="none")] = None,
+    mode: Annotated[EvalMode, typer.Option(
+        help="photos: every image is an HR photo; pairs: NAME_lr.* + NAME_hr.*; auto: pairs when --lr or a "
+        "NAME_lr.* is there.")] = EvalMode.auto,
     model: ModelOption = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N images.", show_default="all")] = None,
     max_side: Annotated[int | None, typer.Option(
@@ -231,7 +242,7 @@ def eval_command(
     if strength is not None and not upscaler.config.denoise_cond:
         raise fail("this model has no denoise input; drop --denoise (or use a model trained with it)")
     report = evaluate(upscaler, folder, options, limit=limit, max_side=max_side, on_image=on_image,
-                      lr_folder=lr_folder, degradation=degradation,
+                      lr_folder=lr_folder, degradation=degradation, mode=mode.value,
                       denoise=strength if upscaler.config.denoise_cond else None)
     if as_json:
         data = report.to_dict()

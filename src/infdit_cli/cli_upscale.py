@@ -522,13 +522,14 @@ def _host_note(plan: Any) -> str:
 
 
 def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "") -> None:
-    """One line before an image: size, blocks, the placement plan, planned device peak, calls, estimated time."""
-
+    """Two lines before an image, each within 80 columns for a short name: size, blocks, calls and the
+    estimated time; then the placement plan and its planned device peak."""
     plan = " / ".join(p.memory.name + _host_note(p) for p in plans)
     peak = max(p.memory.device_bytes for p in plans)
     host = max(p.memory.host_bytes for p in plans)
-    off = f" (+{format_bytes(host)} on the host)" if host else ""
+    off = f" (+{format_bytes(host)} host)" if host else ""
     info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
-         f"{sum(p.blocks for p in plans)} blocks, {plan}, est. peak {format_bytes(peak)}{off}, "
-         f"{sum(p.nfe for p in plans)} network calls, ~{format_duration(estimate)}{note}")
+         f"{sum(p.blocks for p in plans)} blocks, {sum(p.nfe for p in plans)} network calls, "
+         f"~{format_duration(estimate)}{note}")
+    info(f"  {plan}, est. peak {format_bytes(peak)}{off}")
 

@@ -2,7 +2,8 @@
 
 Two sources of pairs: HR photographs alone (each cropped to a multiple of 4 and downscaled ×4 by
 antialiased bicubic, quantised to 8 bits like a real file), or ready-made LR/HR pairs
-(`NAME_lr.*` + `NAME_hr.*` in one folder, or two folders with the same names). Each LR is
+(`NAME_lr.*` + `NAME_hr.*` in one folder, or two folders with the same names); a folder of
+`NAME_hr.*` alone is photos (`mode` forces either reading). Each LR is
 upscaled by the model and by bicubic and compared with the HR in [0, 255] with a 4-px border
 shaved. The sharpness ratio (mean |∇| of the output / of the HR) makes "as sharp as the original"
 measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better. The grid
@@ -36,11 +37,13 @@ from infdit_cli.degrade import (
     strength_for_quality,
 )
 from infdit_cli.errors import InfditError
+from infdit_cli.inputs import image_extensions
 from infdit_cli.preprocess import bicubic_resize
 
 SCALE = 4
 SHAVE = 4
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(sorted(image_extensions()))  # every format Pillow reads here, as `infdit upscale`
+MODES = ("auto", "photos", "pairs")
 
 
 class UpscalerLike(Protocol):
@@ -181,11 +184,20 @@ def _pair_key(path: Path, root: Path, tag: str = "") -> str:
     return str(rel)[: -len(tag)] if tag and str(rel).endswith(tag) else str(rel)
 
 
-def find_samples(folder: str | Path, lr_folder: str | Path | None = None) -> list[Sample]:
+def find_samples(folder: str | Path, lr_folder: str | Path | None = None, mode: str = "auto") -> list[Sample]:
     """HR images to downscale, or LR/HR pairs: `NAME_lr.*`/`NAME_hr.*` in `folder`, or the same
-    relative names in `folder` (HR) and `lr_folder` (LR). Unmatched files of a pair set are an error."""
+    relative names in `folder` (HR) and `lr_folder` (LR). Unmatched files of a pair set are an error.
+
+    `mode` "auto" reads pairs when `lr_folder` is given or some `NAME_lr.*` is there (so a folder of
+    `NAME_hr.*` alone is HR photos); "photos" and "pairs" force one reading."""
+    if mode not in MODES:
+        raise EvalError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     root = Path(folder)
     files = list_images(root)
+    if mode == "photos":
+        if lr_folder is not None:
+            raise EvalError("--lr gives pairs; drop it or --mode photos")
+        return [Sample(p.name, p) for p in files]
     if lr_folder is not None:
         lr_root = Path(lr_folder)
         if not lr_root.is_dir():
@@ -196,9 +208,11 @@ def find_samples(folder: str | Path, lr_folder: str | Path | None = None) -> lis
     else:
         hr = {_pair_key(p, root, "_hr"): p for p in files if p.stem.endswith("_hr")}
         lr = {_pair_key(p, root, "_lr"): p for p in files if p.stem.endswith("_lr")}
-        tagged = bool(hr or lr)
-        if not tagged:
+        tagged = True
+        if mode == "auto" and not lr:  # HR photos, whatever their names
             return [Sample(p.name, p) for p in files]
+        if not hr and not lr:
+            raise EvalError(f"{root}: no NAME_lr.* / NAME_hr.* pairs (--mode photos scores HR photos)")
     unmatched = sorted(set(hr) ^ set(lr))
     if unmatched:
         side = "LR" if unmatched[0] in hr else "HR"
@@ -279,7 +293,7 @@ def degrade_input(lr: Tensor, degradation: EvalDegradation, seed: int = 0) -> tu
 def evaluate(
     upscaler: UpscalerLike, folder: str | Path, options: Any, limit: int | None = None,
     max_side: int | None = None, on_image: Any = None, lr_folder: str | Path | None = None,
-    degradation: EvalDegradation | None = None, denoise: float | None = None,
+    degradation: EvalDegradation | None = None, denoise: float | None = None, mode: str = "auto",
 ) -> EvalReport:
     """Per-image and mean PSNR/SSIM/sharpness of `upscaler` and of bicubic on `folder` (see `find_samples`).
 
@@ -290,7 +304,7 @@ def evaluate(
     """
     import time
 
-    samples = find_samples(folder, lr_folder)[: limit or None]
+    samples = find_samples(folder, lr_folder, mode)[: limit or None]
     if not samples:
         raise EvalError(f"{folder}: no images to evaluate")
     report = EvalReport()

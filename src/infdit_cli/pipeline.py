@@ -207,7 +207,9 @@ class Upscaler:
         def schedule(o: UpscaleOptions) -> list[float]:
             return karras_sigmas(o.steps, o.sigma_min, o.sigma_max, o.rho).tolist()  # type: ignore[arg-type]
 
-        same = schedule(asked) == schedule(own) and asked.churn == own.churn
+        ours, theirs = schedule(own), schedule(asked)  # float32: ρ may move σ by a rounding
+        same = len(ours) == len(theirs) and asked.churn == own.churn
+        same = same and all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(ours, theirs, strict=True))
         if same and (asked.sampler == own.sampler or asked.steps == 1):
             return None
         return (f"this model was trained for one {own.sampler} step at sigma {own.sigma_max:g} from the "

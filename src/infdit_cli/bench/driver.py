@@ -36,6 +36,7 @@ from infdit_cli.engine.runner import StreamedRunner, WholeImageRunner
 from infdit_cli.engine.timing import Clock, GroupTiming, sync, time_group
 from infdit_cli.model.network import Conditioning, InfDiT, compile_unavailable
 from infdit_cli.model.uniba import WholeImage
+from infdit_cli.samplers.schedules import RELEASED
 from infdit_cli.units import format_duration
 
 BENCH_SIGMA = 1.5  # the noise level of the reference GPU measurements; time does not depend on it
@@ -326,8 +327,8 @@ def run_bench(
     block_batches: Sequence[BlockBatch] = ("auto",),
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    steps: int = 20,
-    sampler: str = "heun-edm",
+    steps: int = RELEASED.steps,
+    sampler: str = RELEASED.sampler,
     include_whole: bool = True,
     time_budget_s: float = 60.0,
     *,

@@ -16,13 +16,9 @@ from infdit_cli.device import free_bytes
 from infdit_cli.engine.stream import band_blocks
 
 
-def element_size(dtype: torch.dtype) -> int:
-    return dtype.itemsize
-
-
 def kv_block_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
     """K and V of one block in every layer: the band's unit."""
-    return config.num_layers * 2 * config.block_tokens**2 * config.hidden_size * element_size(dtype)
+    return config.num_layers * 2 * config.block_tokens**2 * config.hidden_size * dtype.itemsize
 
 
 def stream_kv_bytes(config: ModelConfig, grid: tuple[int, int], n: int, dtype: torch.dtype) -> int:
@@ -52,7 +48,7 @@ def group_activation_bytes(config: ModelConfig, rows: int, cols: int, dtype: tor
     the score matrix are assumed (CPU flash, CUDA flash/cuDNN). Checked against the allocator in
     tests/test_bench.py.
     """
-    s, t = element_size(dtype), config.block_tokens**2
+    s, t = dtype.itemsize, config.block_tokens**2
     c, m = config.hidden_size, config.mlp_hidden
     tok = rows * cols * t
     w = (3 * config.lr_block_tokens) ** 2 * rows * cols if config.cross_lr else 0  # LR window tokens
@@ -106,7 +102,7 @@ def parameter_count(config: ModelConfig) -> int:
 
 
 def weights_bytes(config: ModelConfig, dtype: torch.dtype, num_parameters: int | None = None) -> int:
-    return (num_parameters if num_parameters is not None else parameter_count(config)) * element_size(dtype)
+    return (num_parameters if num_parameters is not None else parameter_count(config)) * dtype.itemsize
 
 
 def whole_image_memory_bytes(config: ModelConfig, grid: tuple[int, int], dtype: torch.dtype, weights: int) -> int:

@@ -38,8 +38,6 @@ from infdit_cli.engine.memory import (
     weights_bytes,
 )
 
-PLACES = ("device", "host")
-
 
 @dataclass(frozen=True)
 class Plan:

@@ -143,7 +143,3 @@ class StreamNeighbourhood:
         if self.last_col and self.outgoing is not None:
             self.outgoing[layer, 0].copy_(k[:, :, -1])
             self.outgoing[layer, 1].copy_(v[:, :, -1])
-
-    def device_bytes(self) -> int:
-        """Bytes this neighbourhood holds on the compute device: the band, if it lives there."""
-        return self.band_bytes if self.on_device else 0

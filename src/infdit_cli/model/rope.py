@@ -23,13 +23,6 @@ def axis_angles(positions: Tensor, half: int, theta: float, table: int) -> Tenso
     return (positions % table).float()[..., None] * inv
 
 
-def rope_angles(rows: Tensor, cols: Tensor, head_dim: int, theta: float, table: int) -> Tensor:
-    """Angles [..., head_dim] for integer token positions (any shape, broadcast together)."""
-    half = head_dim // 2
-    r, c = axis_angles(rows, half, theta, table), axis_angles(cols, half, theta, table)
-    return torch.cat(torch.broadcast_tensors(r, c), dim=-1)
-
-
 AxisTables = tuple[Tensor, Tensor]  # cos, sin: [blocks·t, D/2]
 
 

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,6 +38,11 @@ from infdit_cli.cli_common import (
 )
 from infdit_cli.progress import ImageProgress, layer_ticks
 from infdit_cli.units import format_bytes, format_duration
+
+if TYPE_CHECKING:  # torch-heavy modules, imported when a run starts (help stays light)
+    from infdit_cli.distributed import Session
+    from infdit_cli.engine.estimate import TimeEstimator
+    from infdit_cli.pipeline import UpscaleOptions, Upscaler
 
 DEFAULT_SEED = 0
 PLAIN_PROGRESS_EVERY = 10.0  # seconds between plain progress lines when stderr is not a terminal
@@ -206,7 +211,7 @@ def _upscale_options(*, scale: int, steps: int | None, sampler: str | None, sigm
                      sigma_max: float | None, rho: float | None, churn: float | None, seed: int,
                      block_batch: int | None, max_memory: str | None, prompt_pos: str | None,
                      prompt_neg: str | None, prompt_scale: float, sampler_dtype: SamplerDtype,
-                     max_host_memory: str | None = None, scratch: Path | None = None) -> Any:
+                     max_host_memory: str | None = None, scratch: Path | None = None) -> UpscaleOptions:
     """The run's UpscaleOptions, built once from the command line and checked before any file or model;
     sampling fields not given stay None (the model's own sampling, filled in once it is loaded)."""
     import torch
@@ -236,9 +241,9 @@ class Loaded:
     """The model ready for a batch: its upscaler, the run's options with its sampling, the calibrated
     time estimate, and what the JSON summary says about the run."""
 
-    upscaler: Any
-    options: Any  # UpscaleOptions, sampling filled in
-    estimator: Any
+    upscaler: Upscaler
+    options: UpscaleOptions  # sampling filled in
+    estimator: TimeEstimator
     model_hash: str  # for --checkpoint
     run_info: dict[str, Any]
     load_seconds: float  # reading the model and CLIP (not compiling or calibrating)
@@ -249,14 +254,15 @@ class Done:
     """One upscaled image, for its record."""
 
     size: tuple[int, int]
-    options: Any  # this image's UpscaleOptions (its denoise strength)
+    options: UpscaleOptions  # this image's (its denoise strength)
     plans: list
     estimate: float
     result: Any
     seconds: tuple[float, float, float, float]  # start, decoded, upscaled, end (perf_counter)
 
 
-def _run_jobs(jobs: list[Job], batch: Batch, options: Any, a: RunSettings, session: Any) -> dict[str, Any]:
+def _run_jobs(jobs: list[Job], batch: Batch, options: UpscaleOptions, a: RunSettings, session: Session
+              ) -> dict[str, Any]:
     """Load the model once and upscale every job; a failing image is reported and the batch goes on.
 
     Returns what the JSON summary says about the run (model, sampler, steps, seed, device, load time).
@@ -291,7 +297,7 @@ def _run_jobs(jobs: list[Job], batch: Batch, options: Any, a: RunSettings, sessi
     return loaded.run_info
 
 
-def _load(options: Any, a: RunSettings, session: Any) -> Loaded:
+def _load(options: UpscaleOptions, a: RunSettings, session: Session) -> Loaded:
     """The model (and CLIP) on this rank's device, the options with its own sampling, the calibration."""
     from infdit_cli.distributed.checkpoint import model_digest
     from infdit_cli.engine.estimate import TimeEstimator
@@ -335,7 +341,7 @@ def _load(options: Any, a: RunSettings, session: Any) -> Loaded:
     return Loaded(upscaler, options, estimator, model_hash, run_info, load_seconds)
 
 
-def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Any, progress: ImageProgress) -> Done:
+def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Session, progress: ImageProgress) -> Done:
     """Decode, plan (pre-flight line), upscale and, on the rank that writes it, encode one image."""
     import torch
 

@@ -76,8 +76,9 @@ SLOW_BLOCK_SECONDS = 0.3
 # runs no faster per block (64 blocks 1.68 ms each, 256 blocks 2.29 ms) and the warm-up stays near half
 # a second. CUDA 16k (4×4 blocks of x4), where the H200 saturates.
 CALIBRATION_TOKENS = {"cpu": 4096, "cuda": 16384}
-# A timing more than this off the form fitted to the others is re-timed. The form fits quiet tables of
-# the 2-core EPYC within 15% (the default model: a 31 ms fixed cost per group and 1.5 ms a block).
+# A timing more than this off the form fitted to the others is re-timed. The form fits the default
+# model's cost on the quiet 2-core EPYC within 15% (31 ms a group + 1.5 ms a block, read off its
+# 135 s run at n=1 and 7.9 s at n=8 on 32×128 blocks) and tests/test_estimate.py's cache-bound machine.
 CONSISTENCY_TOLERANCE = 0.3
 # Extra rounds over every size while the table is inconsistent (each costs about one warm-up round).
 RETIME_ROUNDS = 3

@@ -88,7 +88,8 @@ def upscale_command(
     max_memory: MaxMemoryOption = None,
     max_host_memory: Annotated[str | None, typer.Option(
         help="Host RAM for the image-sized state, e.g. 3GB; past it the image runs out of core, band after band, "
-        "and is written as it finishes (png or tiff).", show_default="60% of the available RAM")] = None,
+        "and is written as it finishes (png or tiff).",
+        show_default="512 MiB, or 60% of the available RAM if less")] = None,
     scratch: Annotated[Path | None, typer.Option(
         help="Folder for out-of-core scratch files (the KV edges between bands); removed afterwards.",
         show_default="the system's temporary folder")] = None,

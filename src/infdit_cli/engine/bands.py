@@ -62,12 +62,17 @@ class HostPlan:
 
 
 HOST_SHARE = 0.6  # of the available RAM, for the image-sized state when no --max-host-memory is given
+# ... and at most this much by default: past it a band is already hundreds of rows of a 16384-px-wide image
+# (per-band set-up is a few small tensors), so more RAM buys no speed, only a peak that grows with the height.
+DEFAULT_HOST_STATE = 512 << 20
 
 
 def host_budget(device: torch.device, memory: Plan, max_host_memory: int | None = None) -> int:
-    """Host bytes the image-sized state may take: `max_host_memory`, else a share of the available RAM;
+    """Host bytes the image-sized state may take: `max_host_memory`, else 512 MiB or 60% of the available RAM;
     on a CPU less what the device plan already holds there (weights, KV band, activations)."""
-    budget = max_host_memory if max_host_memory is not None else int(HOST_SHARE * available_memory(torch.device("cpu")))
+    if max_host_memory is None:
+        max_host_memory = min(DEFAULT_HOST_STATE, int(HOST_SHARE * available_memory(torch.device("cpu"))))
+    budget = max_host_memory
     return max(0, budget - (memory.device_bytes if device.type == "cpu" else 0))
 
 

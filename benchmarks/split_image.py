@@ -7,7 +7,9 @@ on random input, and rank 0 reports. The one-rank row is the engine's own stream
     python benchmarks/split_image.py --ranks 1,2 --grid 4x8 --block-size 64 --preset small --calls 3
 
 CPU threads are split evenly (cores / ranks per rank), so rows compare the same machine used
-differently. Results: a table on stdout and benchmarks/results/split-image-<device>-<date>.json.
+differently. Each rank reports its CPU time and its waits per call: wall − CPU − waits is time the
+rank was runnable but not running (a shared machine). Results: a table on stdout and
+benchmarks/results/split-image-<device>-<date>.json.
 """
 
 from __future__ import annotations
@@ -71,22 +73,26 @@ def _worker(args: argparse.Namespace) -> dict[str, object]:
         sent_before = link.stats.bytes_sent if link else 0
         waited_before, first_waits = (link.stats.wait_seconds, len(link.stats.waits)) if link else (0.0, 0)
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for _ in range(args.calls):  # back to back, as a sampler calls them (no barrier in between)
             call()
         if link:
             link.flush()
         synchronize(device)
         seconds = (time.perf_counter() - t0) / args.calls
+        cpu = (time.process_time() - cpu0) / args.calls
         sent = ((link.stats.bytes_sent - sent_before) / args.calls) if link else 0.0
         waits = link.stats.waits[first_waits:] if link else []
-        mine = {"seconds": seconds, "sent": sent,
+        mine = {"seconds": seconds, "sent": sent, "cpu": cpu,
                 "waited": ((link.stats.wait_seconds - waited_before) / args.calls) if link else 0.0,
                 "first_wait": waits[0] if waits else 0.0}
         everyone = all_gather(ranks, mine, "collecting timings")
         return {"ranks": ranks.world, "n": n, "seconds_per_call": max(r["seconds"] for r in everyone),
                 "wait_per_call": [round(r["waited"], 3) for r in everyone],
                 "first_wait": [round(r["first_wait"], 3) for r in everyone],
+                # Where a rank's wall time goes: its own CPU time, waiting for its peers, and the rest
+                # (descheduled: other processes on the machine, or the other rank on the same cores).
+                "cpu_per_call": [round(r["cpu"], 3) for r in everyone],
                 "bytes_sent_per_call": sum(r["sent"] for r in everyone),
                 "bytes_per_boundary_per_call": max(r["sent"] for r in everyone),
                 "threads_per_rank": torch.get_num_threads() if device.type == "cpu" else None}

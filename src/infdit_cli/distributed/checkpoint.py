@@ -11,7 +11,7 @@ solver keeps its previous denoised estimate), so resuming never reaches into it.
   from x_0 again, answering the finished calls from the log, so its hidden state is rebuilt bit for bit.
   Its disk use grows with the calls: up to (NFE + 1) × the pass's image (this rank's strip) in the
   sampler's dtype, about 12 bytes per output pixel and call in fp32 (39 calls of a 4096² image:
-  31 GB). It is checked against the free space before the pass, and the pass is refused with one
+  8 GB). It is checked against the free space before the pass, and the pass is refused with one
   line (and the figure) when it would not fit; state mode keeps two images.
 
 Per-block noise is a pure function of (seed, step, block), which is what makes both exact. Each

@@ -138,3 +138,19 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, ext: str) -> None:
     with pytest.raises(OutputError, match="held 10 of the image's 37 rows"):
         save_bands(tmp_path / f"out.{ext}", bands_of(img.rgb, None, [10]), (w, h), img)
     assert list(tmp_path.iterdir()) == [tmp_path / "src_RGB.png"]
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_bands_are_read_to_their_end(tmp_path: Path, ext: str) -> None:
+    """A producer finishes (its code after the last band runs) even when the image is whole tiles: the
+    out-of-core upscale records its result there (tifffile stops pulling at the last tile)."""
+    img = load_image(source(tmp_path, "RGB"))
+    rgb = np.resize(img.rgb, (512, 16, 3))
+    finished = []
+
+    def bands():
+        yield from bands_of(rgb, None, [256, 256])
+        finished.append(True)
+
+    save_bands(tmp_path / f"out.{ext}", bands(), (16, 512), img)
+    assert finished == [True]

@@ -81,6 +81,8 @@ def save_bands(
             _write_tiff_tiles(f, samples, size, channels, itemsize, grey, meta)
         else:
             _write_png_rows(f, samples, size, channels, 8 * itemsize, meta)
+        for _ in samples:  # tifffile stops at the last tile: run the bands to their end (checks, caller's finish)
+            raise ValueError(f"the bands hold more than the image's {h} rows")
 
     write_atomic(path, write)
     return path

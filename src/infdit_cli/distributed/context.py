@@ -220,8 +220,9 @@ def all_gather(ranks: Ranks, obj: Any, what: str) -> list[Any]:
 class Peers:
     """This rank's channels to the others over torch.distributed: objects, boundary columns, strips.
 
-    Every wait is bounded by `INFDIT_DIST_TIMEOUT` (the process group's timeout, and explicitly on
-    point-to-point waits). A test stands in a loopback with the same methods (one process, threads).
+    Every wait is bounded by `INFDIT_DIST_TIMEOUT`: the process group's timeout (NCCL's watchdog for
+    CUDA tensors, whose waits only order the GPU stream and never block the host), explicitly on
+    gloo's point-to-point waits. A test stands in a loopback with the same methods (threads).
     """
 
     def __init__(self, ranks: Ranks) -> None:
@@ -241,7 +242,7 @@ class Peers:
 
         def wait() -> None:
             with peer_errors(self.ranks, what):
-                work.wait(self.timeout)  # type: ignore[union-attr]
+                self._wait(work, tensor)
 
         return wait
 
@@ -250,7 +251,13 @@ class Peers:
         import torch.distributed as dist
 
         with peer_errors(self.ranks, what):
-            dist.irecv(tensor, src=src).wait(self.timeout)  # type: ignore[union-attr]
+            self._wait(dist.irecv(tensor, src=src), tensor)
+
+    def _wait(self, work: Any, tensor: Tensor) -> None:
+        if tensor.device.type == "cuda":
+            work.wait()  # the stream waits, the host goes on launching; the watchdog bounds it
+        else:
+            work.wait(self.timeout)
 
     def gather(self, tensor: Tensor, what: str, everyone: bool) -> list[Tensor] | None:
         """Every rank's `tensor` (one shape on every rank), in rank order: on rank 0 only (None elsewhere),

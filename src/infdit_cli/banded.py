@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,28 +23,35 @@ from infdit_cli.engine import EngineStats, block_noise
 from infdit_cli.engine.bands import BandRunner, EdgeStore, HostPlan
 from infdit_cli.engine.measure import RssPeak
 from infdit_cli.model import EDMDenoiser
-from infdit_cli.pipeline import PassPlan, UpscaleOptions, Upscaler, UpscaleResult
 from infdit_cli.preprocess import upsample_lr_rows
 from infdit_cli.samplers import get_sampler
 
 
-def is_banded(plans: list[PassPlan]) -> bool:
+def is_banded(plans: list[Any]) -> bool:
     """Whether any pass of the plan runs out of core."""
     return any(p.host is not None and p.host.banded for p in plans)
 
 
 class BandedUpscale:
     """Iterate to run the upscale: [1, 3, rows, W·s] bands in [0, 1] (CPU, float32), top to bottom, whose
-    rows make the image; `result` (stats, timing, RSS growth; no image) is set once the last band is out."""
+    rows make the image; `stats` (per pass), `seconds` and `rss_growth_bytes` are set once the last band is
+    out, as on an `UpscaleResult` (`Upscaler.upscale` gathers the bands into one; this module cannot import
+    the pipeline, which calls it).
 
-    def __init__(self, upscaler: Upscaler, image: Tensor, options: UpscaleOptions, plans: list[PassPlan],
+    `upscaler`: a `pipeline.Upscaler`; `options`: its `UpscaleOptions`; `plans`: its `plan()`.
+    """
+
+    def __init__(self, upscaler: Any, image: Tensor, options: Any, plans: list[Any],
                  on_blocks: Callable[[int], None] | None = None) -> None:
         self.upscaler = upscaler
         self.image = image
         self.options = upscaler.options(options)
         self.plans = plans
         self.on_blocks = on_blocks
-        self.result: UpscaleResult | None = None
+        self.stats: list[EngineStats] = []
+        self.seconds = 0.0
+        self.rss_growth_bytes: int | None = None
+        self.finished = False
 
     def __iter__(self) -> Iterator[Tensor]:
         start = time.perf_counter()
@@ -58,16 +65,11 @@ class BandedUpscale:
                 else:
                     x = torch.cat(list(bands), dim=-2)  # the next pass's LR
                 stats.append(st)
-        self.result = UpscaleResult(None, self.plans, stats, time.perf_counter() - start, rss.growth)
-
-    def collect(self) -> UpscaleResult:
-        """Run it all and keep the image (the in-RAM result, for a caller that holds it anyway)."""
-        image = torch.cat(list(self), dim=-2)
-        assert self.result is not None
-        return replace(self.result, image=image)
+        self.stats, self.seconds, self.rss_growth_bytes = stats, time.perf_counter() - start, rss.growth
+        self.finished = True
 
     @inferring
-    def _pass(self, image01: Tensor, plan: PassPlan, index: int, stats: EngineStats) -> Iterator[Tensor]:
+    def _pass(self, image01: Tensor, plan: Any, index: int, stats: EngineStats) -> Iterator[Tensor]:
         up, options = self.upscaler, self.options
         cfg, bs, dev = up.config, up.config.block_size, up.state_device(plan)
         host = plan.host or HostPlan(plan.grid[0], plan.grid[0], 0, 0, False)

@@ -422,7 +422,8 @@ def _upscale_streamed(job: Job, upscaler: Any, tensor: Any, options: Any, plans:
             top = rows.stop
 
     save_bands(job.target, bands(), (w * scale, h * scale), image, out_fmt)
-    return run.result
+    assert run.finished, "the writer stopped before the last band"
+    return run  # stats and rss_growth_bytes, as an UpscaleResult has them
 
 
 def _record(job: Job, done: Done, loaded: Loaded, a: RunSettings) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from infdit_cli.banded import BandedUpscale, is_banded
 from infdit_cli.clip import ClipEncoder
 from infdit_cli.device import inferring, working_on
 from infdit_cli.engine import (
@@ -293,10 +294,10 @@ class Upscaler:
         options.validate()
         if plans is None:
             plans = self.plan(tuple(image.shape[-2:]), options)
-        from infdit_cli.banded import BandedUpscale, is_banded
-
         if is_banded(plans) and split is None and sample is None:  # out of core, gathered for the caller
-            return BandedUpscale(self, image, options, plans, on_blocks).collect()
+            run = BandedUpscale(self, image, options, plans, on_blocks)
+            whole = torch.cat(list(run), dim=-2)
+            return UpscaleResult(whole, plans, run.stats, run.seconds, run.rss_growth_bytes)
         start = time.perf_counter()
         reset_device_peak(self.device)  # each image reports its own peak
         x: Tensor | None = image.float()

@@ -34,13 +34,7 @@ def test_constant_colour_stays_constant(upscaler, colour):
 
 def test_beats_bicubic_on_a_held_out_photo(upscaler):
     """examples/cups.png is from the validation wallpapers (never trained on)."""
-    root = default_model_path().parent
-    example = next((p / "examples" / "cups.png" for p in root.parents if (p / "examples" / "cups.png").is_file()),
-                   None)
-    if example is None:
-        pytest.skip("examples/ is not beside this install")
-    arr = np.asarray(Image.open(example).convert("RGB"), dtype=np.uint8).copy()
-    hr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    hr = _cups()
     lr = downscale(hr)
     sr = upscaler.upscale(lr, UpscaleOptions(scale=4)).image.float()
     truth, model, bic = (shave(quantise(x)) for x in (hr, sr, bicubic_upscale(lr)))
@@ -70,6 +64,7 @@ def test_upscale_warns_once_when_a_one_step_model_is_sampled_otherwise(tmp_path)
 
 
 def _cups() -> torch.Tensor:
+    """examples/cups.png (a held-out validation photo) in [0, 1]; skips where examples/ is not installed."""
     root = default_model_path().parent
     example = next((p / "examples" / "cups.png" for p in root.parents if (p / "examples" / "cups.png").is_file()),
                    None)

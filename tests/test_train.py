@@ -223,6 +223,25 @@ def test_resume_is_exact_with_one_step_options(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_reads_a_training_state_from_before_the_averaged_model(tmp_path):
+    """States written before the EMA became a torch AveragedModel have no EMA count: resume derives it
+    from the step and continues the same run (a count of 1 would restart the decay ramp)."""
+    from safetensors.torch import save_file
+
+    straight = train(one_step_config(tmp_path / "a", steps=4))
+    with pytest.raises(Killed):
+        train(one_step_config(tmp_path / "b", steps=4, save_every=1),
+              lambda p: (_ for _ in ()).throw(Killed()) if p.step == 2 else None)
+    state_file = tmp_path / "b" / "out" / "train_state.safetensors"
+    tensors = load_file(str(state_file))
+    assert int(tensors.pop("ema.n_averaged")) == 3  # the copy, then one average per step
+    save_file(tensors, str(state_file), {"format": "infdit-train-state"})  # the old layout
+    resumed = train(one_step_config(tmp_path / "b", steps=4, save_every=1, resume=True))
+    assert resumed.losses == straight.losses[2:]
+    a, b = load_file(str(straight.model_path)), load_file(str(resumed.model_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_learning_rate_schedule():
     cfg = TrainConfig(data="d", out="o", lr=1.0, warmup=10, cosine=True, steps=110)
     rates = [learning_rate(cfg, s) for s in range(110)]

@@ -7,7 +7,6 @@ left; `forward` is the whole-image path (one group covering the image, replicate
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -151,13 +150,12 @@ class InfDiT(nn.Module):
         with torch.no_grad():
             for module in self.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
-                    w = module.weight.view(module.weight.shape[0], -1)
-                    bound = math.sqrt(6 / (w.shape[0] + w.shape[1]))
-                    w.copy_((torch.rand(w.shape, generator=gen) * 2 - 1) * bound)
+                    # Xavier over (out, in·k·k), as DiT does for its patch embedding too.
+                    nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1), generator=gen)
                     if module.bias is not None:
                         module.bias.zero_()
             for fc in (self.t_embed.fc1, self.t_embed.fc2):
-                fc.weight.copy_(torch.randn(fc.weight.shape, generator=gen) * 0.02)
+                nn.init.normal_(fc.weight, std=0.02, generator=gen)
             zeroed = [blk.adaln for blk in self.blocks] + [self.final.adaln, self.final.linear]
             if self.denoise_embed is not None:  # the strength input starts without effect
                 zeroed.append(self.denoise_embed.fc2)

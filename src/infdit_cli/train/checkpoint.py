@@ -1,5 +1,5 @@
 """Checkpoints: the EMA weights as our model file (with objective and sampling metadata), and the
-raw weights + optimiser + RNG as a safetensors training state, so `resume` continues exactly and
+raw weights + optimiser + RNG + EMA count as a safetensors training state, so `resume` continues exactly and
 nothing is unpickled.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from infdit_cli.atomic import write_text_atomic
 from infdit_cli.config import ModelConfig
@@ -39,18 +40,19 @@ def _metadata(config: TrainConfig, step: int, seconds: float) -> dict[str, str]:
 
 
 def save_checkpoint(
-    out: Path, config: TrainConfig, model: InfDiT, ema: dict[str, Tensor], opt: torch.optim.Optimizer,
+    out: Path, config: TrainConfig, model: InfDiT, ema: AveragedModel, opt: torch.optim.Optimizer,
     step: int, seconds: float,
 ) -> Path:
     """EMA weights as our model file; raw weights + optimizer + RNG + step as the training state."""
     meta = _metadata(config, step, seconds)
-    path = save_state_dict(ema, model.config, out / "model.safetensors", meta)
+    path = save_state_dict(ema.module.state_dict(), model.config, out / "model.safetensors", meta)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     names = dict(enumerate(n for n, _ in model.named_parameters()))
     for idx, st in opt.state_dict()["state"].items():
         for key, value in st.items():
             tensors[f"opt.{names[idx]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
+    tensors["ema.n_averaged"] = ema.n_averaged.detach().cpu()
     write_safetensors_atomic(tensors, out / STATE_FILE, {"format": "infdit-train-state"})
     state = {"step": step, "seconds": seconds, "config": asdict(config),
              "model_config": json.loads(model.config.to_json())}
@@ -59,7 +61,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    out: Path, model: InfDiT, ema: dict[str, Tensor], opt: torch.optim.Optimizer,
+    out: Path, model: InfDiT, ema: AveragedModel, opt: torch.optim.Optimizer,
 ) -> tuple[int, float]:
     """Restore what `save_checkpoint` wrote (safetensors only: nothing is unpickled). Returns (step, seconds)."""
     state = json.loads((out / STATE_JSON).read_text())
@@ -68,9 +70,9 @@ def load_checkpoint(
     device = next(model.parameters()).device
     tensors = load_file(str(out / STATE_FILE))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema_file = load_file(str(out / "model.safetensors"))
-    for k in ema:
-        ema[k].copy_(ema_file[k])
+    ema.module.load_state_dict(load_file(str(out / "model.safetensors")))
+    # States written before the EMA was an AveragedModel lack its count: one average per step after the copy.
+    ema.n_averaged.copy_(tensors.get("ema.n_averaged", torch.tensor(int(state["step"]) + 1)))
     names = [n for n, _ in model.named_parameters()]
     opt_state: dict[int, dict[str, Tensor]] = {}
     for idx, name in enumerate(names):

@@ -1,5 +1,5 @@
-"""The training loop: AdamW with warm-up and cosine decay, gradient clipping, EMA (the saved
-model), periodic validation and checkpoints, exact resume.
+"""The training loop: AdamW with warm-up and cosine decay (`LambdaLR`), gradient clipping, EMA
+(`AveragedModel`, the saved model), periodic validation and checkpoints, exact resume.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel
 
 from infdit_cli.config import ModelConfig
 from infdit_cli.degrade import Recipe
@@ -34,6 +36,7 @@ LOG_FILE = "log.jsonl"
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate of step `step` (0-based): linear warm-up, then cosine down to 0.1× (the one formula)."""
     lr = config.lr
     if config.warmup and step < config.warmup:
         lr *= (step + 1) / config.warmup
@@ -118,13 +121,14 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     if config.init_from:
         _init_from(model, config.init_from)
     model = model.to(device).train()
-    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
-                            weight_decay=config.weight_decay)
+    ema = make_ema(model, config.ema)
+    # Base rate 1: LambdaLR's factor is then `learning_rate` itself, bit for bit.
+    opt = torch.optim.AdamW([{"params": list(model.parameters()), "initial_lr": 1.0}], lr=1.0,
+                            betas=config.betas, weight_decay=config.weight_decay)
     step, seconds = 0, 0.0
     if config.resume and (out / STATE_JSON).is_file():
         step, seconds = load_checkpoint(out, model, ema, opt)
-    ema_model = InfDiT(mc).to(device).eval()
+    schedule = LambdaLR(opt, lambda s: learning_rate(config, s), last_epoch=step - 1)  # the rate of `step`
     losses: list[float] = []
     val_history: list[tuple[int, float]] = []
     gain_history: list[tuple[int, float]] = []
@@ -134,7 +138,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     val_sigmas = (config.sigma,) if config.objective == "one-step" else config.val_sigmas
 
     def validate(at: int) -> tuple[float, float | None]:
-        ema_model.load_state_dict(ema)
+        ema_model = ema.module.eval()
         val = validation_loss(ema_model, val_crops, val_sigmas, config.seed, vector_fn, bf16, config.objective)
         val_history.append((at, val))
         gain = None
@@ -148,7 +152,8 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     try:
         while step < config.steps:
             loss = _train_step(model, opt, source, config, mc, step, device, bf16, vector_fn)
-            _update_ema(ema, model, config.ema, step)
+            schedule.step()
+            ema.update_parameters(model)
             step += 1
             losses.append(loss)
             seconds = time.perf_counter() - start
@@ -186,8 +191,6 @@ def _train_step(
     noise = torch.randn(hr.shape, generator=gen)
     hr, lr, sigma, noise = hr.to(device), lr.to(device), sigma.to(device), noise.to(device)
     vector = _conditioning(vector_fn(lr) if vector_fn else None, strength.to(device), mc)
-    for group in opt.param_groups:
-        group["lr"] = learning_rate(config, step)
     loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective, config.loss).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -197,11 +200,21 @@ def _train_step(
     return loss.item()
 
 
-@torch.no_grad()
-def _update_ema(ema: dict[str, Tensor], model: InfDiT, decay: float, step: int) -> None:
-    d = min(decay, (1 + step) / (10 + step))
-    for k, v in model.state_dict().items():
-        if v.dtype.is_floating_point:
-            ema[k].mul_(d).add_(v.float(), alpha=1 - d)
-        else:
-            ema[k].copy_(v)
+def make_ema(model: InfDiT, decay: float) -> AveragedModel:
+    """The EMA of `model`, starting as a copy of it, with the decay ramping up as min(decay, (1+s)/(10+s))
+    after step s, so early (random) weights are forgotten fast."""
+
+    @torch.no_grad()
+    def average(ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        step = int(n_averaged) - 1  # one average per step, after the initial copy
+        d = min(decay, (1 + step) / (10 + step))
+        for e, c in zip(ema, current, strict=True):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(c.float(), alpha=1 - d)
+            else:  # integer buffers follow the model
+                e.copy_(c)
+
+    ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+    ema.requires_grad_(False)
+    ema.update_parameters(model)  # n_averaged 1: the copy
+    return ema

@@ -517,7 +517,7 @@ def _with_denoise(upscaler: Any, options: Any, setting: float | None, source: Pa
     if not upscaler.config.denoise_cond:
         return options, ""
     strength, why = resolve_strength(setting, source)
-    return replace(options, denoise=strength), f", denoise {strength:.2f} ({why})"
+    return replace(options, denoise=strength), f"denoise {strength:.2f} ({why})"
 
 
 def _host_note(plan: Any) -> str:
@@ -531,13 +531,16 @@ def _host_note(plan: Any) -> str:
 
 def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "") -> None:
     """Two lines before an image, each within 80 columns for a short name: size, blocks, calls and the
-    estimated time; then the placement plan and its planned device peak."""
+    estimated time; then the placement plan and its planned device peak; a third with the denoise
+    strength for models that take one."""
     plan = " / ".join(p.memory.name + _host_note(p) for p in plans)
     peak = max(p.memory.device_bytes for p in plans)
     host = max(p.memory.host_bytes for p in plans)
     off = f" (+{format_bytes(host)} host)" if host else ""
     info(f"{job.source.name}: {size[0]}x{size[1]} -> {size[0] * scale}x{size[1] * scale}, "
          f"{sum(p.blocks for p in plans)} blocks, {sum(p.nfe for p in plans)} network calls, "
-         f"~{format_duration(estimate)}{note}")
+         f"~{format_duration(estimate)}")
     info(f"  {plan}, est. peak {format_bytes(peak)}{off}")
+    if note:
+        info(f"  {note}")
 

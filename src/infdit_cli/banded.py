@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from infdit_cli.device import inferring, working_on
-from infdit_cli.engine import EngineStats, block_noise
+from infdit_cli.engine import EngineStats
 from infdit_cli.engine.bands import BandRunner, EdgeStore, HostPlan
 from infdit_cli.engine.measure import RssPeak
-from infdit_cli.model import EDMDenoiser
+from infdit_cli.engine.region import sample_region
 from infdit_cli.preprocess import upsample_lr_rows
 from infdit_cli.samplers import get_sampler
 
@@ -85,13 +85,8 @@ class BandedUpscale:
                     lr_up = upsample_lr_rows(inputs.lr_pad, plan.factor, range(r0 * bs, r1 * bs))
                     runner = BandRunner(up.model, inputs.model_lr, inputs.vector, plan.memory, band, r0, edges,
                                         on_group=self.on_blocks)
-                    shape = tuple(lr_up.shape)
-
-                    def noise(step: int, shape: tuple[int, ...] = shape, r0: int = r0) -> Tensor:
-                        return block_noise(seed, step + 1, shape, bs, dev, first_row=r0)
-
-                    x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, bs, dev, first_row=r0)
-                    out = sampler.sample(EDMDenoiser(runner, lr_up, cfg.sigma_data), x0, sigmas, noise).float()
+                    out = sample_region(sampler, runner, lr_up, sigmas, seed, bs, cfg.sigma_data, dev,
+                                        first_row=r0).float()
                 _merge(stats, runner.stats, host)
                 rows = min(r1 * bs, h) - r0 * bs
                 if rows > 0:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from infdit_cli.errors import InfditError
+from infdit_cli.preprocess import bicubic_resize
 
 JPEG_CLEAN_QUALITY = 95  # strength 0: at or above it JPEG artefacts are below 8-bit noise
 JPEG_HEAVY_QUALITY = 30  # strength 1
@@ -63,6 +64,12 @@ def estimate_jpeg_quality(luma_table: list[int] | np.ndarray) -> int:
     return int(min(range(1, 101), key=lambda q: abs(_ijg_table(q).sum() - total)))
 
 
+def file_jpeg_quality(im: Image.Image) -> int | None:
+    """The quality an opened JPEG was written at, from its first (luminance) table; None: not a JPEG."""
+    tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
+    return estimate_jpeg_quality(tables[min(tables)]) if tables else None
+
+
 def auto_strength(path: str | Path) -> float:
     """`--denoise auto`: a JPEG's strength from its quantisation tables; any other format is clean (0)."""
     return resolve_strength(None, path)[0]
@@ -75,10 +82,9 @@ def resolve_strength(setting: float | None, path: str | Path | None) -> tuple[fl
     if path is None:
         return 0.0, "auto: no file"
     with Image.open(path) as im:
-        tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
-    if not tables:
+        quality = file_jpeg_quality(im)
+    if quality is None:
         return 0.0, "auto: lossless input"
-    quality = estimate_jpeg_quality(tables[min(tables)])
     return strength_for_quality(quality), f"auto: JPEG quality ~{quality}"
 
 
@@ -134,6 +140,14 @@ class Recipe:
 RESIZE_MODES = ("bicubic", "bilinear", "area")
 
 
+def clean_lr(hr: Tensor, scale: int) -> Tensor:
+    """HR [B, 3, H, W] in [-1, 1] -> LR [B, 3, H/s, W/s]: antialiased bicubic ÷ scale, quantised to 8 bits
+    like a real file (validation, and the clean share of training)."""
+    h, w = hr.shape[-2:]
+    y = bicubic_resize(hr, (h // scale, w // scale)).clamp(-1, 1)
+    return ((y + 1) * 127.5).round() / 127.5 - 1
+
+
 def degrade_lr(hr: Tensor, scale: int, gen: torch.Generator, recipe: Recipe = Recipe()) -> tuple[Tensor, float]:
     """HR [1, 3, H, W] in [-1, 1] -> (8-bit LR [1, 3, H/s, W/s] in [-1, 1], its strength label).
 
@@ -141,12 +155,9 @@ def degrade_lr(hr: Tensor, scale: int, gen: torch.Generator, recipe: Recipe = Re
     noise's (each on its own scale, capped at 1); blur and resize kernels do not count: every
     strength should sharpen them.
     """
-    from infdit_cli.preprocess import bicubic_resize
-
     h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
     if float(torch.rand((), generator=gen)) < recipe.p_clean:
-        lr = bicubic_resize(hr, (h, w)).clamp(-1, 1)
-        return from_u8(to_u8(lr)), 0.0
+        return clean_lr(hr, scale), 0.0
     x = hr
     if float(torch.rand((), generator=gen)) < recipe.p_blur:
         x = _blur(x, _uniform(gen, *recipe.blur_sigma))

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from infdit_cli.degrade import (
     EvalDegradation,
-    estimate_jpeg_quality,
+    file_jpeg_quality,
     jpeg_bytes,
     resolve_strength,
     strength_for_quality,
@@ -283,7 +283,8 @@ def degrade_input(lr: Tensor, degradation: EvalDegradation, seed: int = 0) -> tu
         data = jpeg_bytes(arr, int(degradation.amount))
         with Image.open(io.BytesIO(data)) as im:
             out = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-            quality = estimate_jpeg_quality(im.quantization[min(im.quantization)])
+            quality = file_jpeg_quality(im)
+        assert quality is not None  # we just wrote it as a JPEG
         return torch.from_numpy(out).permute(2, 0, 1)[None].float() / 255, strength_for_quality(quality)
     gen = torch.Generator().manual_seed(seed)
     noisy = lr * 255 + degradation.amount * torch.randn(lr.shape, generator=gen)

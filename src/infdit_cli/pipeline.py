@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -28,14 +28,15 @@ from infdit_cli.engine import (
     Plan,
     SpeedModel,
     StreamedRunner,
-    block_noise,
     budget_bytes,
     plan_placement,
 )
 from infdit_cli.engine.bands import HostPlan, host_budget, plan_host
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
+from infdit_cli.engine.region import SampleHook, sample_region
 from infdit_cli.errors import InfditError
-from infdit_cli.model import EDMDenoiser, InfDiT
+from infdit_cli.model import InfDiT
+from infdit_cli.model.network import conditioning_vector
 from infdit_cli.preprocess import bicubic_resize, pad_to_multiple, upsample_lr
 from infdit_cli.samplers import RELEASED, SamplerOptions, Sampling, get_sampler, karras_sigmas
 
@@ -140,8 +141,6 @@ class PassInputs:
         return upsample_lr(self.lr_pad, self.factor)
 
 
-# (sampler, denoiser, x0, sigmas, noise, pass index) -> sampled x; the default is sampler.sample.
-SampleHook = Callable[[Any, Callable[..., Tensor], Tensor, Tensor, Callable[[int], Tensor], int], Tensor]
 
 
 SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling))
@@ -260,11 +259,8 @@ class Upscaler:
     def condition_vector(self, lr: Tensor, options: UpscaleOptions) -> Tensor | None:
         """The model's per-image vector: CLIP image embedding of the LR in [-1, 1] (with the optional
         text edit), then the denoise strength for models with that input."""
-        clip = self.clip_vector(lr, options)
-        if not self.config.denoise_cond:
-            return clip
-        strength = torch.full((1, 1), float(options.denoise), device=self.device)
-        return strength if clip is None else torch.cat([clip, strength.to(clip.dtype)], dim=-1)
+        strength = torch.full((1,), float(options.denoise), device=self.device)
+        return conditioning_vector(self.config, self.clip_vector(lr, options), strength)
 
     def clip_vector(self, lr: Tensor, options: UpscaleOptions) -> Tensor | None:
         """CLIP image embedding of the LR in [-1, 1], with the optional text edit."""
@@ -351,19 +347,10 @@ class Upscaler:
             else:
                 cols, runner = split.strip_runner(self, inputs, plan, on_blocks)
             lr_up = inputs.lr_up[..., cols.start * bs:cols.stop * bs]
-            denoiser = EDMDenoiser(runner, lr_up, cfg.sigma_data)
             sampler = get_sampler(options.sampler, self._sampler_options(options))
-            shape, sigmas, seed = tuple(lr_up.shape), inputs.sigmas, inputs.seed
-
-            def noise(step: int) -> Tensor:
-                return block_noise(seed, step + 1, shape, bs, dev, first_col=cols.start)
-
-            x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, bs, dev, first_col=cols.start)
-            if sample is None:
-                out: Tensor | None = sampler.sample(denoiser, x0, sigmas, noise)
-            else:
-                out = sample(sampler, denoiser, x0, sigmas, noise, inputs.index)
-            out = out.float()
+            out: Tensor | None = sample_region(sampler, runner, lr_up, inputs.sigmas, inputs.seed, bs,
+                                               cfg.sigma_data, dev, first_col=cols.start, sample=sample,
+                                               index=inputs.index).float()
             if split is not None:
                 out = split.join(out, plan, last)
             if out is None:

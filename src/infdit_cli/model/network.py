@@ -38,6 +38,15 @@ def compile_unavailable(device_type: str) -> str | None:
     return f"not supported on {device_type}"
 
 
+def conditioning_vector(config: ModelConfig, clip: Tensor | None, strength: Tensor) -> Tensor | None:
+    """The per-image vector `InfDiT.condition` reads: the CLIP embedding, then (denoise models) the
+    degradation strength [B] or [B, 1]."""
+    if not config.denoise_cond:
+        return clip
+    s = strength.reshape(-1, 1)
+    return s if clip is None else torch.cat([clip, s.to(clip.device, clip.dtype)], dim=-1)
+
+
 @dataclass
 class Conditioning:
     """Per-call modulations: functions of sigma and the CLIP vector only, computed once per call."""

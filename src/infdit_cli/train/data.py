@@ -15,6 +15,7 @@ from torch import Tensor
 
 from infdit_cli import evaluate
 from infdit_cli.degrade import Recipe, degrade_lr
+from infdit_cli.degrade import clean_lr as make_lr
 from infdit_cli.evaluate import IMAGE_SUFFIXES
 from infdit_cli.preprocess import bicubic_resize
 from infdit_cli.train.config import TrainConfig, TrainError
@@ -84,15 +85,6 @@ def random_crop(source: CropSource, gen: torch.Generator, p_resize: float, hflip
     if hflip and _rand_float(gen) < 0.5:
         out = out.flip(-1)
     return out.float() / 127.5 - 1
-
-
-def make_lr(hr: Tensor, scale: int) -> Tensor:
-    """HR [B, 3, H, W] in [-1, 1] -> clean LR [B, 3, H/s, W/s] in [-1, 1]: antialiased bicubic ÷ scale,
-    quantised to 8 bits like a real file (validation, and the clean share of training).
-    """
-    h, w = hr.shape[-2:]
-    y = bicubic_resize(hr, (h // scale, w // scale)).clamp(-1, 1)
-    return ((y + 1) * 127.5).round() / 127.5 - 1
 
 
 def make_training_lr(hr: Tensor, scale: int, gen: torch.Generator, recipe: Recipe | None) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 from infdit_cli.config import ModelConfig
 from infdit_cli.degrade import Recipe
 from infdit_cli.model import InfDiT
+from infdit_cli.model.network import conditioning_vector
 from infdit_cli.train.checkpoint import STATE_JSON, load_checkpoint, save_checkpoint
 from infdit_cli.train.config import ProgressCallback, TrainConfig, TrainError, TrainProgress, TrainResult
 from infdit_cli.train.data import (
@@ -81,14 +82,6 @@ def _init_from(model: InfDiT, path: str) -> None:
         if name not in own or own[name].shape != tensor.shape:
             raise TrainError(f"{path}: tensor {name} does not fit this model (another architecture?)")
         own[name].copy_(tensor)
-
-
-def _conditioning(vector: Tensor | None, strength: Tensor, mc: ModelConfig) -> Tensor | None:
-    """The model's per-image vector: the CLIP embedding, then the degradation strength (denoise models)."""
-    if not mc.denoise_cond:
-        return vector
-    s = strength.view(-1, 1).to(strength.device)
-    return s if vector is None else torch.cat([vector, s.to(vector.dtype)], dim=-1)
 
 
 def _clip_vector_fn(config: TrainConfig, mc: ModelConfig, device: torch.device) -> Callable | None:
@@ -190,7 +183,7 @@ def _train_step(
         sigma = torch.full_like(sigma, config.sigma)
     noise = torch.randn(hr.shape, generator=gen)
     hr, lr, sigma, noise = hr.to(device), lr.to(device), sigma.to(device), noise.to(device)
-    vector = _conditioning(vector_fn(lr) if vector_fn else None, strength.to(device), mc)
+    vector = conditioning_vector(mc, vector_fn(lr) if vector_fn else None, strength.to(device))
     loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective, config.loss).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -24,6 +24,7 @@ from infdit_cli.imageio import (
     load_image,
     save_image,
     supports_alpha,
+    writers,
 )
 from infdit_cli.preprocess import crop, pad_to_multiple, upscale_alpha
 
@@ -118,9 +119,9 @@ def test_16bit_png_written_by_us_decodes_with_libpng(tmp_path: Path, channels: i
 @pytest.mark.parametrize("compress", [True, False])
 def test_16bit_tiff_round_trip(tmp_path: Path, channels: int, compress: bool) -> None:
     a = rand16(6, 7, channels)
-    meta = encode._Meta(icc=None, exif=None, xmp=None, dpi=(300.0, 300.0))
+    meta = writers.Meta(icc=None, exif=None, xmp=None, dpi=(300.0, 300.0))
     with open(tmp_path / "in.tif", "wb") as f:
-        encode._write_tiff(f, a, grey=channels == 1, meta=meta, compress=compress)
+        writers.write_tiff(f, iter([a]), (a.shape[1], a.shape[0]), channels, 2, channels == 1, meta, compress)
     img, _ = round_trip(tmp_path / "in.tif", tmp_path / "out.tiff")
     assert img.bit_depth == 16 and img.format == "TIFF" and img.dpi == (300.0, 300.0)
     again = load_image(tmp_path / "out.tiff")
@@ -134,7 +135,7 @@ def test_16bit_tiff_round_trip(tmp_path: Path, channels: int, compress: bool) ->
 def test_bigtiff_layout_reads_back(tmp_path: Path) -> None:
     a = rand8(4, 5, 3)
     with open(tmp_path / "big.tif", "wb") as f:
-        encode._write_tiff(f, a, grey=False, meta=encode._Meta(None, None, None, None), bigtiff=True)
+        writers.write_tiff(f, iter([a]), (5, 4), 3, 1, False, writers.Meta(None, None, None, None), bigtiff=True)
     assert (tmp_path / "big.tif").read_bytes()[:4] == b"II\x2b\x00"
     np.testing.assert_array_equal(to_int(load_image(tmp_path / "big.tif").rgb, 255), a)
 
@@ -413,7 +414,7 @@ def test_atomic_save_leaves_nothing_when_the_encoder_fails(
         f.write(b"\x89PNG partial")
         raise error("encoder died")
 
-    monkeypatch.setattr(encode, "_write_pillow", half_written)
+    monkeypatch.setattr(encode, "write_png", half_written)
     with pytest.raises(OutputError if error is OSError else error):
         save_image(target, img.rgb, None, img)
     assert sorted(os.listdir(target.parent)) == ["result.png"]
@@ -481,9 +482,9 @@ def test_upscale_alpha_is_bicubic_and_clipped() -> None:
 
 def test_16bit_colour_orientation_applies_to_both_byte_halves(tmp_path: Path) -> None:
     a = rand16(3, 5, 3)
-    meta = encode._Meta(icc=None, exif=exif_with(8), xmp=None, dpi=None)
+    meta = writers.Meta(icc=None, exif=exif_with(8), xmp=None, dpi=None)
     with open(tmp_path / "in.png", "wb") as f:
-        encode._write_png16(f, a, meta=meta)
+        writers.write_png(f, iter([a]), (a.shape[1], a.shape[0]), 3, 16, meta)
     img = load_image(tmp_path / "in.png")
     assert img.size == (3, 5) and img.bit_depth == 16
     np.testing.assert_array_equal(to_int(img.rgb, 65535), np.rot90(a, k=1))  # 8 = rotate 90° anticlockwise

@@ -1,35 +1,25 @@
 """Encoding: every output written atomically, like its input (grey, 16 bit, alpha, ICC/EXIF/XMP, DPI).
 
-- 8-bit PNG, JPEG, WebP and BMP go through Pillow's encoders.
-- 16-bit PNG (which Pillow cannot write for colour or grey+alpha) goes through libpng via
-  `imagecodecs.png_encode`; our metadata chunks (iCCP, pHYs, eXIf, iTXt XMP) are spliced in after
-  IHDR, where the PNG spec puts them.
-- TIFF (8 and 16 bit) goes through `tifffile`: Adobe Deflate with the horizontal predictor, BigTIFF
-  only past 4 GiB. EXIF tags of the first IFD (artist, software, orientation 1, ...) are carried;
-  the Exif and GPS sub-IFDs are not (tifffile cannot write sub-IFDs; `format_losses` says so).
+- PNG and TIFF (8 and 16 bit) go through our own writers (`writers`), the same ones that write an
+  out-of-core image band by band, so both runs give the same file: PNG filtered and compressed as
+  libpng does, TIFF tiled through `tifffile` with Adobe Deflate.
+- JPEG, WebP and BMP go through Pillow's encoders.
 - Writing is atomic: a hidden temporary file in the target folder, fsync, `os.replace`.
 """
 
 from __future__ import annotations
 
-import struct
 import sys
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from infdit_cli.atomic import atomic_path
 from infdit_cli.imageio.formats import (
     EXIF_IFD,
-    GPS_IFD,
-    LAYOUT_TAGS,
     ORIENTATION,
     OUTPUT_FORMATS,
     LoadedImage,
@@ -39,6 +29,7 @@ from infdit_cli.imageio.formats import (
     icc_matches,
     output_format,
 )
+from infdit_cli.imageio.writers import Meta, write_png, write_tiff
 
 __all__ = ["save_image"]
 
@@ -71,13 +62,12 @@ def save_image(
     check_output_size(w, h, name, like)
     data, grey = to_samples(colour, a, like, name)
     meta = meta_for(like, name, (w, h), grey)
-    depth = 8 * data.dtype.itemsize
 
     def write(f: BinaryIO) -> None:
         if name == "TIFF":
-            _write_tiff(f, data, grey=grey, meta=meta)
-        elif depth == 16:
-            _write_png16(f, data, meta=meta)
+            write_tiff(f, iter([data]), (w, h), data.shape[2], data.dtype.itemsize, grey, meta)
+        elif name == "PNG":
+            write_png(f, iter([data]), (w, h), data.shape[2], 8 * data.dtype.itemsize, meta)
         else:
             _write_pillow(f, data, name, meta=meta, quality=quality, lossless=like.lossless_webp)
 
@@ -118,23 +108,15 @@ def to_samples(colour: np.ndarray, alpha: np.ndarray | None, like: LoadedImage, 
     return np.floor(planes * maxval + 0.5).astype(np.uint16 if depth == 16 else np.uint8), grey
 
 
-def meta_for(like: LoadedImage, name: str, size: tuple[int, int], grey: bool) -> _Meta:
+def meta_for(like: LoadedImage, name: str, size: tuple[int, int], grey: bool) -> Meta:
     """The metadata `name` carries over from `like` for an output of `size` (w, h)."""
     spec = OUTPUT_FORMATS[name]
-    return _Meta(
+    return Meta(
         icc=like.icc if spec.metadata and like.icc and icc_matches(like.icc, grey=grey) else None,
         exif=_exif_for_output(like.exif, *size) if spec.metadata else None,
         xmp=like.xmp if spec.metadata else None,
         dpi=like.dpi,
     )
-
-
-@dataclass
-class _Meta:
-    icc: bytes | None
-    exif: Image.Exif | None
-    xmp: bytes | None
-    dpi: tuple[float, float] | None
 
 
 def _exif_for_output(exif_bytes: bytes | None, width: int, height: int) -> Image.Exif | None:
@@ -170,8 +152,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise OutputError(f"{path}: the encoder failed ({first_line(exc)})") from None
 
 
-def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: _Meta, quality: int, lossless: bool) -> None:
-    """8-bit PNG, JPEG, WebP and BMP through Pillow's encoders."""
+def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: Meta, quality: int, lossless: bool) -> None:
+    """JPEG, WebP and BMP through Pillow's encoders."""
     im = Image.fromarray(data[..., 0] if data.shape[2] == 1 else data)
     kwargs: dict[str, Any] = {}
     if meta.icc:
@@ -180,12 +162,7 @@ def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: _Meta, quality
         kwargs["exif"] = meta.exif
     if meta.dpi:
         kwargs["dpi"] = meta.dpi
-    if name == "PNG":
-        if meta.xmp:
-            info = PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8", "replace"))
-            kwargs["pnginfo"] = info
-    elif name == "JPEG":
+    if name == "JPEG":
         # 4:4:4: chroma subsampling would blur exactly the detail the upscaler adds.
         kwargs.update(quality=quality, subsampling=0, optimize=True)
         if meta.dpi:
@@ -206,85 +183,3 @@ def _write_pillow(f: BinaryIO, data: np.ndarray, name: str, meta: _Meta, quality
     elif name == "BMP":
         kwargs = {"dpi": meta.dpi} if meta.dpi else {}
     im.save(f, format=name, **kwargs)
-
-
-def png_chunk(f: BinaryIO, tag: bytes, payload: bytes) -> None:
-    f.write(struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload)))
-
-
-def _write_png16(f: BinaryIO, data: np.ndarray, meta: _Meta) -> None:
-    """A 16-bit PNG (grey, grey+alpha, RGB, RGBA) from libpng, with our metadata chunks after IHDR."""
-    import imagecodecs
-
-    encoded = imagecodecs.png_encode(np.ascontiguousarray(data if data.shape[2] > 1 else data[..., 0]), level=6)
-    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR: length, type, 13 data bytes, CRC
-    if encoded[12:16] != b"IHDR":
-        raise ValueError("libpng wrote no IHDR first")
-    f.write(encoded[:ihdr_end])
-    write_png_metadata(f, meta)
-    f.write(encoded[ihdr_end:])
-
-
-def write_png_metadata(f: BinaryIO, meta: _Meta) -> None:
-    """Our ancillary chunks (iCCP, pHYs, eXIf, iTXt XMP), which belong after IHDR and before IDAT."""
-    if meta.icc:
-        png_chunk(f, b"iCCP", b"ICC profile\x00\x00" + zlib.compress(meta.icc))
-    if meta.dpi:
-        ppm = [int(v / 0.0254 + 0.5) for v in meta.dpi]
-        png_chunk(f, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
-    if meta.exif is not None:
-        png_chunk(f, b"eXIf", meta.exif.tobytes()[6:])  # without the "Exif\0\0" JPEG prefix
-    if meta.xmp:
-        png_chunk(f, b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + meta.xmp)
-
-
-def _write_tiff(f: BinaryIO, data: np.ndarray, grey: bool, meta: _Meta, compress: bool = True,
-                bigtiff: bool | None = None) -> None:
-    """A TIFF (8 or 16 bit; grey, grey+alpha, RGB, RGBA) through tifffile, unassociated alpha, Adobe Deflate."""
-    import tifffile
-
-    h, w, c = data.shape
-    tifffile.imwrite(
-        f, data[..., 0] if c == 1 else data,
-        rowsperstrip=max(1, min(h, (1 << 20) // max(1, w * c * data.dtype.itemsize))),
-        **tiff_options(meta, grey, c, data.nbytes, compress, bigtiff),
-    )
-
-
-def tiff_options(meta: _Meta, grey: bool, channels: int, nbytes: int, compress: bool = True,
-                 bigtiff: bool | None = None) -> dict[str, Any]:
-    """tifffile.imwrite's arguments for our TIFFs (strips or tiles): layout, Deflate, metadata; BigTIFF
-    only when the pixels (`nbytes`) come near 4 GiB."""
-    extratags = _tiff_exif_tags(meta.exif) if meta.exif is not None else []
-    if meta.xmp:
-        extratags.append((700, 1, len(meta.xmp), meta.xmp, True))
-    return dict(
-        bigtiff=nbytes + (1 << 25) > 2**32 if bigtiff is None else bigtiff, byteorder="<",
-        photometric="minisblack" if grey else "rgb", planarconfig="contig" if channels > 1 else None,
-        extrasamples=("unassalpha",) if channels in (2, 4) else None,
-        compression="adobe_deflate" if compress else None, predictor=compress or None,
-        resolution=meta.dpi, resolutionunit="inch" if meta.dpi else None, iccprofile=meta.icc,
-        software=False, metadata=None, extratags=extratags,
-    )
-
-
-def _tiff_exif_tags(exif: Image.Exif) -> list[tuple[int, int, int, Any, bool]]:
-    """The photo tags of the first EXIF IFD as tifffile extratags (layout tags and sub-IFD pointers left out)."""
-    tags: list[tuple[int, int, int, Any, bool]] = []
-    for tag, value in exif.items():
-        if tag in (EXIF_IFD, GPS_IFD) or (tag in LAYOUT_TAGS and tag != ORIENTATION):
-            continue
-        if isinstance(value, str):
-            raw = value.encode("utf-8", "replace")
-            tags.append((tag, 2, len(raw) + 1, raw, True))
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int) and 0 <= value < 2**32:
-            tags.append((tag, 3 if value < 2**16 else 4, 1, value, True))
-        elif isinstance(value, float) or type(value).__name__ == "IFDRational":
-            frac = Fraction(float(value)).limit_denominator(2**31 - 1)
-            if frac >= 0:
-                tags.append((tag, 5, 1, (frac.numerator, frac.denominator), True))
-        elif isinstance(value, bytes):
-            tags.append((tag, 7, len(value), value, True))
-    return tags

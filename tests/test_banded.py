@@ -67,6 +67,15 @@ def test_bands_stream_in_raster_order(upscaler: Upscaler) -> None:
     assert heights[0] == plans[0].host.band_rows * upscaler.config.block_size
 
 
+def test_banded_plan_counts_a_band_on_the_host(upscaler: Upscaler) -> None:
+    """The pre-flight "+N host" of an out-of-core plan is its band and edges, not the whole image's state."""
+    roomy = upscaler.plan((64, 8), UpscaleOptions(sampler="euler", steps=1, block_batch=1))[0]
+    tight = upscaler.plan((64, 8), UpscaleOptions(sampler="euler", steps=1, block_batch=1,
+                                                  max_host_memory=TINY_RAM))[0]
+    assert tight.host.banded and tight.memory.host_bytes == tight.host.host_bytes  # CPU: KV band in "device" RAM
+    assert roomy.memory.host_bytes == state_bytes(8 * 4, 64 * 4) > 4 * tight.memory.host_bytes
+
+
 def test_host_plan_closed_form() -> None:
     cfg = small_block()
     grid = (512, 64)  # 16384 x 2048 px
@@ -119,3 +128,92 @@ def test_cli_out_of_core_writes_the_same_file(model_dir, tmp_path, ext: str, sam
     refused = cli.invoke(app, [*common, "-o", str(tmp_path / "out.jpg"), "--max-host-memory", "1B"])
     assert refused.exit_code != 0 and "use --format tiff or png" in refused.output
     assert not (tmp_path / "out.jpg").exists()
+
+
+class Stop(Exception):
+    """Stands in for the process being killed."""
+
+
+@pytest.mark.parametrize("sampler, churn", [("heun-edm", 0.0), ("euler", 1.0)])  # state mode, log mode
+def test_out_of_core_resumes_after_any_call(upscaler: Upscaler, tmp_path, monkeypatch, sampler: str,
+                                            churn: float) -> None:
+    """Killed after call k of a banded run (every k: inside a band, at a band's end) and rerun on the same
+    checkpoint: the bands are the uninterrupted in-RAM image bit for bit, finished bands are not rerun,
+    and each band keeps only its rows once done."""
+    from infdit_cli.distributed.checkpoint import Checkpoint
+    from infdit_cli.model import precond
+
+    lr = image(20, 5)
+    options = UpscaleOptions(sampler=sampler, steps=2, churn=churn, block_batch=1, seed=3)
+    reference = upscaler.upscale(lr, options).image
+    tight = UpscaleOptions(sampler=sampler, steps=2, churn=churn, block_batch=1, seed=3, max_host_memory=TINY_RAM)
+    plans = upscaler.plan((20, 5), tight)
+    bands = -(-plans[0].grid[0] // plans[0].host.band_rows)
+    total = bands * plans[0].nfe
+    assert bands >= 3
+    real_call = precond.EDMDenoiser.__call__
+    for k in range(1, total):
+        calls = [0]
+
+        def killed(self, x, sigma, limit=k):
+            calls[0] += 1
+            if calls[0] > limit:
+                raise Stop
+            return real_call(self, x, sigma)
+
+        ck = Checkpoint(tmp_path / f"ck{k}", "model")
+        monkeypatch.setattr(precond.EDMDenoiser, "__call__", killed)
+        with pytest.raises(Stop):
+            list(BandedUpscale(upscaler, lr, tight, plans, checkpoint=ck))
+        done_bands = k // plans[0].nfe
+        assert len(list(ck.folder.glob("pass0-band*-done.safetensors"))) == done_bands
+        assert not list(ck.folder.glob(f"pass0-band{max(0, done_bands - 1)}-step*")) or done_bands == 0
+        monkeypatch.setattr(precond.EDMDenoiser, "__call__", real_call)
+        counted = [0]
+
+        def counting(self, x, sigma):
+            counted[0] += 1
+            return real_call(self, x, sigma)
+
+        monkeypatch.setattr(precond.EDMDenoiser, "__call__", counting)
+        resumed = BandedUpscale(upscaler, lr, tight, plans, checkpoint=Checkpoint(tmp_path / f"ck{k}", "model"))
+        out = torch.cat(list(resumed), dim=-2)
+        monkeypatch.setattr(precond.EDMDenoiser, "__call__", real_call)
+        assert torch.equal(out, reference), f"killed after call {k}"
+        assert counted[0] <= total - done_bands * plans[0].nfe
+
+
+@pytest.mark.usefixtures("calibrate_once")
+def test_cli_out_of_core_checkpoint_resumes_to_the_same_file(model_dir, tmp_path, monkeypatch) -> None:
+    """Ctrl-C in the second band of a streamed run with --checkpoint, then the same command: the file is
+    byte for byte the in-RAM run's, and the checkpoint is cleared."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from infdit_cli.cli import app
+    from infdit_cli.model import precond
+
+    rgb = np.random.default_rng(6).integers(0, 256, (24, 7, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    common = ["upscale", str(tmp_path / "in.png"), "--model", str(model_dir), "--steps", "2", "--sampler",
+              "heun-edm", "--block-batch", "1", "-q"]
+    cli = CliRunner()
+    assert cli.invoke(app, [*common, "-o", str(tmp_path / "whole.png")]).exit_code == 0
+    real_call, calls = precond.EDMDenoiser.__call__, [0]
+
+    def interrupted(self, x, sigma):
+        calls[0] += 1
+        if calls[0] > 5:  # heun, 2 steps: 3 calls a band; call 6 is the second band's last
+            raise KeyboardInterrupt
+        return real_call(self, x, sigma)
+
+    banded = [*common, "-o", str(tmp_path / "banded.png"), "--max-host-memory", "1B", "--checkpoint",
+              str(tmp_path / "ck")]
+    monkeypatch.setattr(precond.EDMDenoiser, "__call__", interrupted)
+    res = cli.invoke(app, banded)
+    assert res.exit_code == 130 and not (tmp_path / "banded.png").exists()
+    monkeypatch.setattr(precond.EDMDenoiser, "__call__", real_call)
+    res = cli.invoke(app, [*banded, "--json"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "banded.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+    assert not any((tmp_path / "ck").iterdir())

@@ -6,6 +6,12 @@ host budget. Such a pass samples one band of block rows at a time: the band's bi
 `BandRunner`. The last pass's bands are yielded as they finish (`imageio.save_bands` writes them), so
 host memory holds a band, the LR and the kept KV edges, not the image; an earlier pass of ×8/×16 is
 gathered in RAM, since it is the next pass's LR (1/4 or 1/16 of the output's area).
+
+Resumable (`checkpoint`): each band is an index of the `Checkpoint` (its steps saved as a band's state,
+dropped once the band is done, when only its rows stay), and the KV edges live memory-mapped in the
+checkpoint folder, so a rerun skips the finished bands (their rows are read back for the writer),
+continues the band it stopped in at its last step, and reads that band's upper edge intact. Never more
+than a band of state is written per step; the finished rows add up to the image once (float32).
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ class BandedUpscale:
     """
 
     def __init__(self, upscaler: Any, image: Tensor, options: Any, plans: list[Any],
-                 on_blocks: Callable[[int], None] | None = None) -> None:
+                 on_blocks: Callable[[int], None] | None = None, checkpoint: Any | None = None) -> None:
         self.upscaler = upscaler
+        self.checkpoint = checkpoint  # a distributed.checkpoint.Checkpoint: resumable band by band
         self.image = image
         self.options = upscaler.options(options)
         self.plans = plans
@@ -77,7 +84,12 @@ class BandedUpscale:
         sampler = get_sampler(options.sampler, up._sampler_options(options))
         sigmas, seed, (h, w) = inputs.sigmas, inputs.seed, inputs.crop
         scratch = Path(options.scratch) if options.scratch else None
-        edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, _edge_folder(host, scratch))
+        ckpt = self.checkpoint
+        if ckpt is None:
+            edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, _edge_folder(host, scratch))
+        else:
+            edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, ckpt.folder / f"pass{index}-edges", keep=True)
+        layout = {"bands (--max-host-memory)": f"{host.band_rows} of {host.rows} block rows"}
         try:
             for band, r0 in enumerate(range(0, plan.grid[0], host.band_rows)):
                 r1 = min(plan.grid[0], r0 + host.band_rows)
@@ -85,14 +97,31 @@ class BandedUpscale:
                     lr_up = upsample_lr_rows(inputs.lr_pad, plan.factor, range(r0 * bs, r1 * bs))
                     runner = BandRunner(up.model, inputs.model_lr, inputs.vector, plan.memory, band, r0, edges,
                                         on_group=self.on_blocks)
+                    hook = None if ckpt is None else _band_hook(ckpt, f"{index}-band{band}", runner, layout)
                     out = sample_region(sampler, runner, lr_up, sigmas, seed, bs, cfg.sigma_data, dev,
-                                        first_row=r0).float()
+                                        first_row=r0, sample=hook).float()
+                if ckpt is not None:
+                    edges.flush()
+                    ckpt.drop_progress(f"{index}-band{band}")
                 _merge(stats, runner.stats, host)
                 rows = min(r1 * bs, h) - r0 * bs
                 if rows > 0:
                     yield ((out[..., :rows, :w] + 1) / 2).clamp(0, 1).cpu()
         finally:
             edges.close()
+
+
+def _band_hook(ckpt: Any, name: str, runner: BandRunner, layout: dict[str, str]) -> Any:
+    """The checkpoint's resumable sampling for one band; the runner's calls (its KV edge slots) start where
+    the checkpoint resumes."""
+
+    def resume_at(calls: int) -> None:
+        runner.call = calls
+
+    def hook(sampler: Any, denoiser: Any, x0: Tensor, sigmas: Tensor, noise: Any, _index: int) -> Tensor:
+        return ckpt.sample(sampler, denoiser, x0, sigmas, noise, name, on_resume=resume_at, extra=layout)
+
+    return hook
 
 
 def _edge_folder(host: HostPlan, scratch: Path | None) -> Path | None:

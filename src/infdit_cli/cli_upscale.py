@@ -379,7 +379,7 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Session, pro
     resumable = session.checkpoint(a.checkpoint, job.target, loaded.model_hash, a.split_image)
     if streamed:  # out of core: each band is written as it finishes
         with layer_ticks(upscaler.model, progress):
-            result = _upscale_streamed(job, upscaler, tensor, options, plans, progress, image, out_fmt)
+            result = _upscale_streamed(job, upscaler, tensor, options, plans, progress, image, out_fmt, resumable)
         upscaled = time.perf_counter()
         return Done((w, h), options, plans, estimate, result, (start, decoded, upscaled, upscaled))
     with layer_ticks(upscaler.model, progress):
@@ -395,22 +395,23 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Session, pro
 
 def _streamed(plans: list, a: RunSettings, session: Any) -> bool:
     """Whether the image runs out of core and is written band by band: the plan says so, in one process
-    (a split image gathers its strips in RAM; a checkpointed run resumes in RAM)."""
+    (a split image gathers its strips in RAM)."""
     from infdit_cli.banded import is_banded
 
-    return is_banded(plans) and not (a.split_image and session.ranks.distributed) and a.checkpoint is None
+    return is_banded(plans) and not (a.split_image and session.ranks.distributed)
 
 
 def _upscale_streamed(job: Job, upscaler: Any, tensor: Any, options: Any, plans: list, progress: ImageProgress,
-                      image: Any, out_fmt: str) -> Any:
-    """Run the bands and write each as it finishes (alpha rows upscaled beside them); the run's result."""
+                      image: Any, out_fmt: str, resumable: Any | None = None) -> Any:
+    """Run the bands and write each as it finishes (alpha rows upscaled beside them); the run's result.
+    With a checkpoint, finished bands are kept there until the file is written."""
     from infdit_cli.banded import BandedUpscale
     from infdit_cli.imageio import save_bands
     from infdit_cli.preprocess import upscale_alpha, upscaled_rows
 
     scale = options.scale
     w, h = image.size
-    run = BandedUpscale(upscaler, tensor, options, plans, progress.blocks_done)
+    run = BandedUpscale(upscaler, tensor, options, plans, progress.blocks_done, resumable)
 
     def bands():
         top = 0
@@ -423,6 +424,8 @@ def _upscale_streamed(job: Job, upscaler: Any, tensor: Any, options: Any, plans:
 
     save_bands(job.target, bands(), (w * scale, h * scale), image, out_fmt)
     assert run.finished, "the writer stopped before the last band"
+    if resumable is not None:
+        resumable.clear()
     return run  # stats and rss_growth_bytes, as an UpscaleResult has them
 
 

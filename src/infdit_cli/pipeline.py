@@ -33,6 +33,7 @@ from infdit_cli.engine import (
 )
 from infdit_cli.engine.bands import HostPlan, host_budget, plan_host
 from infdit_cli.engine.measure import RssPeak, reset_device_peak
+from infdit_cli.engine.memory import state_bytes
 from infdit_cli.engine.region import SampleHook, sample_region
 from infdit_cli.errors import InfditError
 from infdit_cli.model import InfDiT
@@ -249,6 +250,9 @@ class Upscaler:
             nfe = sampler.nfe(options.steps)
             host = plan_host(self.config, grid, memory.block_batch, nfe, self.dtype,
                              host_budget(self.device, memory, options.max_host_memory))
+            if host.banded and memory.state == "host":  # the host holds a band's state, not the image's
+                whole = state_bytes(grid[1] * bs, grid[0] * bs)
+                memory = replace(memory, host_bytes=memory.host_bytes - whole + host.host_bytes)
             plans.append(PassPlan(factor, (h, w), grid, memory, nfe, host))
             h, w = h * factor, w * factor
         return plans

@@ -103,10 +103,10 @@ class Checkpoint:
         self.model_hash = model_hash
         self.rank, self.world = rank, world
         self.agree = agree
-        self.resumed_from: dict[int, int] = {}  # pass -> step (state) or call (log) it resumed at
+        self.resumed_from: dict[int | str, int] = {}  # pass (or band) -> step (state) or call (log) it resumed at
 
     # -- files ---------------------------------------------------------------------------------
-    def _name(self, index: int, what: str, suffix: str) -> Path:
+    def _name(self, index: int | str, what: str, suffix: str) -> Path:
         rank = f".rank{self.rank}" if self.world > 1 else ""
         return self.folder / f"pass{index}-{what}{rank}{suffix}"
 
@@ -121,13 +121,13 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint file {path} is unreadable ({type(exc).__name__}); "
                                   f"remove {self.folder} to start over") from None
 
-    def _save_manifest(self, index: int, m: _Manifest) -> None:
+    def _save_manifest(self, index: int | str, m: _Manifest) -> None:
         data = {"format": FORMAT, "fingerprint": m.fingerprint, "mode": m.mode, "steps": m.steps,
                 "calls": m.calls, "done": m.done, "rank": self.rank, "world": self.world}
         text = json.dumps(data, indent=1, sort_keys=True)
         write_text_atomic(self._name(index, "manifest", ".json"), text)
 
-    def _load_manifest(self, index: int) -> _Manifest | None:
+    def _load_manifest(self, index: int | str) -> _Manifest | None:
         path = self._name(index, "manifest", ".json")
         if not path.is_file():
             return None
@@ -144,11 +144,20 @@ class Checkpoint:
         """Forget the checkpoint (the image is written); other ranks' files go with the folder."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def drop_progress(self, index: int | str) -> None:
+        """Remove a finished index's step states and call log (its result and manifest stay): an
+        out-of-core band keeps only its rows once done, not a band of state per step."""
+        for pattern in (f"pass{index}-step*", f"pass{index}-call*"):
+            for path in self.folder.glob(pattern):
+                path.unlink(missing_ok=True)
+
     # -- identity ------------------------------------------------------------------------------
-    def _fingerprint(self, sampler: Any, x0: Tensor, sigmas: Tensor) -> dict[str, str]:
+    def _fingerprint(self, sampler: Any, x0: Tensor, sigmas: Tensor, extra: dict[str, str] | None = None
+                     ) -> dict[str, str]:
         options = getattr(sampler, "options", None)
         return {
             "model": self.model_hash,
+            **(extra or {}),
             "input image, seed and scale": tensor_digest(x0),
             "sampler": f"{getattr(sampler, 'name', '?')} {sampler_id(sampler)} {options!r}",
             "schedule (steps, sigma-min/max, rho)": tensor_digest(sigmas.float()),
@@ -164,11 +173,17 @@ class Checkpoint:
 
     # -- the hook ------------------------------------------------------------------------------
     def sample(self, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor, sigmas: Tensor,
-               noise: Callable[[int], Tensor], index: int) -> Tensor:
-        """Run (or continue) one pass's sampling, saving progress after every step."""
+               noise: Callable[[int], Tensor], index: int | str, on_resume: Callable[[int], None] | None = None,
+               extra: dict[str, str] | None = None) -> Tensor:
+        """Run (or continue) one pass's sampling, saving progress after every step.
+
+        `on_resume(k)`: told, before sampling, that the first k denoiser calls are answered without the
+        network (a caller numbering its calls, like an out-of-core band's KV edges, starts at k).
+        `extra`: more of the run that must match to resume (e.g. the band layout), checked first.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         mode = "state" if uses_state(sampler) else "log"
-        fingerprint = self._fingerprint(sampler, x0, sigmas)
+        fingerprint = self._fingerprint(sampler, x0, sigmas, extra)
         num_steps = len(sigmas) - 1
         manifest = self._load_manifest(index)
         if manifest is not None:
@@ -179,22 +194,25 @@ class Checkpoint:
                 self._check({}, {"ranks": fingerprint["ranks"]})
             manifest = _Manifest(fingerprint, mode)
         if mode == "state":
-            return self._run_state(manifest, sampler, denoiser, x0, sigmas, noise, index, num_steps)
-        return self._run_log(manifest, sampler, denoiser, x0, sigmas, noise, index)
+            return self._run_state(manifest, sampler, denoiser, x0, sigmas, noise, index, num_steps, on_resume)
+        return self._run_log(manifest, sampler, denoiser, x0, sigmas, noise, index, on_resume)
 
-    def _finish(self, manifest: _Manifest, index: int, out: Tensor) -> Tensor:
+    def _finish(self, manifest: _Manifest, index: int | str, out: Tensor) -> Tensor:
         self._save_tensor(self._name(index, "done", ".safetensors"), out)
         manifest.done = True
         self._save_manifest(index, manifest)
         return out
 
     def _run_state(self, manifest: _Manifest, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor,
-                   sigmas: Tensor, noise: Callable[[int], Tensor], index: int, num_steps: int) -> Tensor:
+                   sigmas: Tensor, noise: Callable[[int], Tensor], index: int | str, num_steps: int,
+                   on_resume: Callable[[int], None] | None) -> Tensor:
         have = [0] + manifest.steps + ([num_steps] if manifest.done else [])
         start = self.agree(sorted(set(have)))
         self.resumed_from[index] = start
         if start == num_steps:
             return self._load_tensor(self._name(index, "done", ".safetensors"), x0.device)
+        if on_resume is not None:  # the calls of steps before `start`
+            on_resume(sampler.nfe(num_steps) - sampler.nfe(num_steps - start) if start else 0)
         x = x0 if start == 0 else self._load_tensor(self._name(index, f"step{start}", ".safetensors"), x0.device)
         manifest.done = False
         manifest.steps = [s for s in manifest.steps if s <= start]
@@ -223,7 +241,8 @@ class Checkpoint:
         return self._finish(manifest, index, out)
 
     def _run_log(self, manifest: _Manifest, sampler: Any, denoiser: Callable[..., Tensor], x0: Tensor,
-                 sigmas: Tensor, noise: Callable[[int], Tensor], index: int) -> Tensor:
+                 sigmas: Tensor, noise: Callable[[int], Tensor], index: int | str,
+                 on_resume: Callable[[int], None] | None) -> Tensor:
         nfe = sampler.nfe(len(sigmas) - 1)
         have = list(range(min(manifest.calls, nfe) + 1)) + ([nfe + 1] if manifest.done else [])
         total = self.agree(have)  # calls answered from the log; nfe + 1: the pass is finished
@@ -241,6 +260,8 @@ class Checkpoint:
         manifest.done = False
         manifest.calls = total
         calls = [0]
+        if on_resume is not None:
+            on_resume(total)
 
         def replayed(x_in: Tensor, sigma: Tensor | float) -> Tensor:
             j = calls[0]

@@ -2,7 +2,7 @@
 
     python training/prepare_wallpapers.py /work/wallpapers
     nice -n 10 python training/train_default.py charbonnier   # or: l2 (the loss comparison run beside it)
-    nice -n 10 python training/train_default.py l2 /work/train_run/l2/model.safetensors l2b 8000 5e-4
+    nice -n 10 python training/train_default.py l2 /work/train_run/l2/model.safetensors l2b 6000 5e-4
         # stage 2: continue the shipped L2 run with a fresh, lower cosine cycle
 
 Starts from the previous default model (7,200 steps of clean one-step training, kept in git history

@@ -12,7 +12,7 @@ Decisions, in one place (the README and the CLI help point here):
   carries sRGB); without one Pillow's naive conversion is used.
 - Orientation: EXIF orientation is applied on load and written as 1, so every viewer shows the
   output the way it showed the input.
-- 16 bit: 16-bit PNG and TIFF come back as 16 bit (libpng through imagecodecs, and tifffile, write
+- 16 bit: 16-bit PNG and TIFF come back as 16 bit (our PNG writer, and tifffile, write
   them); formats that store 8 bits (JPEG, WebP, BMP) get 8 bits.
 - Alpha: split off on load, upscaled separately (`preprocess.upscale_alpha`) and re-attached on
   save. JPEG has no alpha channel: the image is composited onto white, as image editors do when

@@ -155,7 +155,7 @@ def test_out_of_core_resumes_after_any_call(upscaler: Upscaler, tmp_path, monkey
     for k in range(1, total):
         calls = [0]
 
-        def killed(self, x, sigma, limit=k):
+        def killed(self, x, sigma, limit=k, calls=calls):
             calls[0] += 1
             if calls[0] > limit:
                 raise Stop
@@ -171,7 +171,7 @@ def test_out_of_core_resumes_after_any_call(upscaler: Upscaler, tmp_path, monkey
         monkeypatch.setattr(precond.EDMDenoiser, "__call__", real_call)
         counted = [0]
 
-        def counting(self, x, sigma):
+        def counting(self, x, sigma, counted=counted):
             counted[0] += 1
             return real_call(self, x, sigma)
 
@@ -217,3 +217,20 @@ def test_cli_out_of_core_checkpoint_resumes_to_the_same_file(model_dir, tmp_path
     assert res.exit_code == 0, res.output
     assert (tmp_path / "banded.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
     assert not any((tmp_path / "ck").iterdir())
+
+
+def test_out_of_core_checkpoint_refuses_a_disk_without_room(upscaler: Upscaler, tmp_path, monkeypatch) -> None:
+    """Before any band runs: finished bands (float32), KV edges and a band's progress must fit the free disk."""
+    import shutil
+    from collections import namedtuple
+
+    from infdit_cli.distributed.checkpoint import Checkpoint, CheckpointError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    tight = UpscaleOptions(sampler="euler", steps=1, block_batch=1, seed=3, max_host_memory=TINY_RAM)
+    plans = upscaler.plan((20, 5), tight)
+    ck = Checkpoint(tmp_path / "ck", "model")
+    with pytest.raises(CheckpointError, match=r"needs \d[\d.]* [kM]?B more .* 1\.0 kB free"):
+        list(BandedUpscale(upscaler, image(20, 5), tight, plans, checkpoint=ck))
+    assert not list((tmp_path / "ck").rglob("*.bin"))

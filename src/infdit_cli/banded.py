@@ -88,6 +88,8 @@ class BandedUpscale:
         if ckpt is None:
             edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, _edge_folder(host, scratch))
         else:
+            ckpt.require_disk(_checkpoint_bytes(plan, host, bs, ckpt.keeps_states(sampler)),
+                              "finished bands, KV edges, a band's progress")
             edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, ckpt.folder / f"pass{index}-edges", keep=True)
         layout = {"bands (--max-host-memory)": f"{host.band_rows} of {host.rows} block rows"}
         try:
@@ -109,6 +111,15 @@ class BandedUpscale:
                     yield ((out[..., :rows, :w] + 1) / 2).clamp(0, 1).cpu()
         finally:
             edges.close()
+
+
+def _checkpoint_bytes(plan: Any, host: HostPlan, block_size: int, state_mode: bool) -> int:
+    """Disk a checkpointed out-of-core pass takes at most: every band's rows (float32), the two copies of
+    the KV edges, and one band's progress (two states, or the call log of a sampler with hidden state)."""
+    rows, cols = plan.grid
+    band = 3 * 4 * host.band_rows * block_size * cols * block_size
+    progress = (2 if state_mode else plan.nfe + 1) * band
+    return 3 * 4 * rows * block_size * cols * block_size + 2 * host.edge_bytes + progress
 
 
 def _band_hook(ckpt: Any, name: str, runner: BandRunner, layout: dict[str, str]) -> Any:

@@ -36,6 +36,7 @@ from torch import Tensor
 from infdit_cli.atomic import atomic_path, write_text_atomic
 from infdit_cli.errors import InfditError
 from infdit_cli.samplers import StepInfo
+from infdit_cli.units import format_bytes
 
 STATE_SAMPLERS = frozenset({"infdit_cli.samplers.heun:HeunEDM", "infdit_cli.samplers.euler:Euler"})
 FORMAT = 1
@@ -143,6 +144,22 @@ class Checkpoint:
     def clear(self) -> None:
         """Forget the checkpoint (the image is written); other ranks' files go with the folder."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @staticmethod
+    def keeps_states(sampler: Any) -> bool:
+        """State mode (two saved states) for this sampler, else log mode (every denoiser output)."""
+        return uses_state(sampler)
+
+    def require_disk(self, need: int, what: str) -> None:
+        """Refuse, in one line, a run whose checkpoint would grow to `need` bytes in all (what is in the
+        folder already counts) on a disk without the room."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        have = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+        free = shutil.disk_usage(self.folder).free
+        if need - have > free:
+            raise CheckpointError(f"the checkpoint of this pass ({what}) needs {format_bytes(need - have)} more "
+                                  f"but {self.folder} has {format_bytes(free)} free; free space there, pass "
+                                  "another --checkpoint or drop it")
 
     def drop_progress(self, index: int | str) -> None:
         """Remove a finished index's step states and call log (its result and manifest stay): an

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -80,7 +81,7 @@ def main() -> None:
             print(json.dumps(runs[-1], indent=1), flush=True)
             out.unlink()
     result = {"machine": f"{platform.processor() or platform.machine()}, {args.tag}, CPU only, shared and loaded",
-              "runs": runs}
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "runs": runs}
     if args.tall:
         small, tall = runs
         result["peak_rss_ratio"] = round(tall["peak_rss_bytes"] / small["peak_rss_bytes"], 3)

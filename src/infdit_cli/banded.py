@@ -101,7 +101,7 @@ class BandedUpscale:
                                         on_group=self.on_blocks)
                     hook = None if ckpt is None else _band_hook(ckpt, f"{index}-band{band}", runner, layout)
                     out = sample_region(sampler, runner, lr_up, sigmas, seed, bs, cfg.sigma_data, dev,
-                                        first_row=r0, sample=hook).float()
+                                        first_row=r0, sample=hook, start_noise=options.start_noise).float()
                 if ckpt is not None:
                     edges.flush()
                     ckpt.drop_progress(f"{index}-band{band}")

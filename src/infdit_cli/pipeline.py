@@ -66,6 +66,7 @@ class UpscaleOptions:
     sigma_max: float | None = None
     rho: float | None = None
     churn: float | None = None
+    start_noise: float | None = None  # the start's noise, in units of σ_max (see `Sampling.start_noise`)
     seed: int = 0
     block_batch: int | None = None  # None ("auto"): the placement planner picks the fastest n that fits
     max_memory: int | None = None
@@ -91,6 +92,8 @@ class UpscaleOptions:
         high = self.sigma_max if self.sigma_max is not None else math.inf
         if not 0 < low < high:
             raise UpscaleError("need 0 < sigma-min < sigma-max")
+        if self.start_noise is not None and not 0 <= self.start_noise < math.inf:
+            raise UpscaleError(f"start noise must be 0 or more (got {self.start_noise:g})")
         if self.block_batch is not None and self.block_batch < 1:
             raise UpscaleError("block batch must be at least 1")
         if self.state not in (None, "device", "host"):
@@ -209,7 +212,7 @@ class Upscaler:
             return karras_sigmas(o.steps, o.sigma_min, o.sigma_max, o.rho).tolist()  # type: ignore[arg-type]
 
         ours, theirs = schedule(own), schedule(asked)  # float32: ρ may move σ by a rounding
-        same = len(ours) == len(theirs) and asked.churn == own.churn
+        same = len(ours) == len(theirs) and asked.churn == own.churn and asked.start_noise == own.start_noise
         same = same and all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(ours, theirs, strict=True))
         if same and (asked.sampler == own.sampler or asked.steps == 1):
             return None
@@ -354,7 +357,7 @@ class Upscaler:
             sampler = get_sampler(options.sampler, self._sampler_options(options))
             out: Tensor | None = sample_region(sampler, runner, lr_up, inputs.sigmas, inputs.seed, bs,
                                                cfg.sigma_data, dev, first_col=cols.start, sample=sample,
-                                               index=inputs.index).float()
+                                               index=inputs.index, start_noise=options.start_noise).float()
             if split is not None:
                 out = split.join(out, plan, last)
             if out is None:

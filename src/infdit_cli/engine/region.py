@@ -23,16 +23,21 @@ SampleHook = Callable[[Any, Callable[..., Tensor], Tensor, Tensor, Callable[[int
 def sample_region(
     sampler: Any, network_call: Callable[[Tensor, Tensor], Tensor], lr_up: Tensor, sigmas: Tensor, seed: int,
     block_size: int, sigma_data: float, device: torch.device, first_row: int = 0, first_col: int = 0,
-    sample: SampleHook | None = None, index: int = 0,
+    sample: SampleHook | None = None, index: int = 0, start_noise: float = 1.0,
 ) -> Tensor:
     """Sample the region whose bicubic start is `lr_up`; its noise is the image's, block for block
-    (`first_row`/`first_col`: where the region sits in the image's block grid)."""
+    (`first_row`/`first_col`: where the region sits in the image's block grid). The start is
+    `lr_up + start_noise · σ_0 · noise` (`Sampling.start_noise`)."""
     shape = tuple(lr_up.shape)
 
     def noise(step: int) -> Tensor:
         return block_noise(seed, step + 1, shape, block_size, device, first_col=first_col, first_row=first_row)
 
-    x0 = lr_up + sigmas[0] * block_noise(seed, 0, shape, block_size, device, first_col=first_col, first_row=first_row)
+    if start_noise == 0:
+        x0 = lr_up.clone()
+    else:
+        noise0 = block_noise(seed, 0, shape, block_size, device, first_col=first_col, first_row=first_row)
+        x0 = lr_up + (sigmas[0] if start_noise == 1 else start_noise * sigmas[0]) * noise0
     denoiser = EDMDenoiser(network_call, lr_up, sigma_data)
     if sample is None:
         return sampler.sample(denoiser, x0, sigmas, noise)

@@ -33,6 +33,10 @@ class Sampling:
     sigma_max: float = 40.0
     rho: float = 7.0
     churn: float = 0.0
+    # The start is bicubic(LR) + start_noise · σ_max · noise: 1 for diffusion sampling (the paper). A one-step
+    # model (trained at a tiny σ, one call) does best with 0: its single call then returns the mean of its
+    # outputs over that noise, without passing σ·noise through to the image (measured in its model card).
+    start_noise: float = 1.0
 
 
 RELEASED = Sampling()

@@ -373,7 +373,8 @@ def _upscale_one(job: Job, loaded: Loaded, a: RunSettings, session: Session, pro
     if streamed:
         check_streamable(w * scale, h * scale, out_fmt)
     if not a.quiet:
-        _preflight(job, image.size, scale, plans, estimate, denoise_note)
+        _preflight(job, image.size, scale, plans, estimate, denoise_note,
+                   checkpointed=streamed and a.checkpoint is not None)
     progress.start_image(job.source.name, sum(p.nfe * p.blocks for p in plans))
     tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
     resumable = session.checkpoint(a.checkpoint, job.target, loaded.model_hash, a.split_image)
@@ -523,20 +524,24 @@ def _with_denoise(upscaler: Any, options: Any, setting: float | None, source: Pa
     return replace(options, denoise=strength), f"denoise {strength:.2f} ({why})"
 
 
-def _host_note(plan: Any) -> str:
-    """The pass's host side for the pre-flight line: out of core (band height, scratch disk) or nothing."""
+def _host_note(plan: Any, checkpointed: bool = False) -> str:
+    """The pass's host side for the pre-flight line: out of core (band height, scratch disk) or nothing.
+    A checkpointed out-of-core pass keeps its KV edges memory-mapped in the checkpoint folder."""
     host = plan.host
     if host is None or not host.banded:
         return ""
+    if checkpointed:
+        return f", out of core: bands of {host.band_rows} block rows, KV edges in the checkpoint"
     disk = f", {format_bytes(host.disk_bytes)} scratch disk" if host.disk_bytes else ""
     return f", {host.name}{disk}"
 
 
-def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "") -> None:
+def _preflight(job: Job, size: tuple[int, int], scale: int, plans: list, estimate: float, note: str = "",
+               checkpointed: bool = False) -> None:
     """Two lines before an image, each within 80 columns for a short name: size, blocks, calls and the
     estimated time; then the placement plan and its planned device peak; a third with the denoise
     strength for models that take one."""
-    plan = " / ".join(p.memory.name + _host_note(p) for p in plans)
+    plan = " / ".join(p.memory.name + _host_note(p, checkpointed) for p in plans)
     peak = max(p.memory.device_bytes for p in plans)
     host = max(p.memory.host_bytes for p in plans)
     off = f" (+{format_bytes(host)} host)" if host else ""

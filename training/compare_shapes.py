@@ -7,7 +7,8 @@ CPU-minute (the model card's table). One thread per run; runs one after another.
 Each shape: its seconds per step timed over 8 steps, then a cosine run of as many steps as fit the
 budget (the default model's recipe: batch 8 × 96 px crops, lr 1e-3, degradations, 30 % clean), and
 its EMA model's gain over bicubic on the validation crops (/work/wallpapers/val384) and its per-image
-time (128² ×4, two threads) are reported. Results: benchmarks/results/amd-epyc-2c-shapes.json.
+time (128² ×4, two threads, `compare_speed.median_seconds`) are reported.
+Results: benchmarks/results/amd-epyc-2c-shapes.json.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from compare_speed import median_seconds
 
-from infdit_cli.pipeline import UpscaleOptions, load_upscaler
 from infdit_cli.train import TrainConfig, train
 
 OUT = Path("/work/train_run/shapes")
@@ -39,23 +37,6 @@ def config(hidden: int, layers: int, steps: int, out: Path) -> TrainConfig:
         grad_clip=1.0, objective="one-step", sigma=0.004, sample_sigma=0.003, p_resize=0.1,
         val_every=max(1, steps), save_every=0, val_data="/work/wallpapers/val384", seed=1, device="cpu",
         degrade=True, p_clean=0.3, loss="l2")
-
-
-def image_seconds(model: Path) -> float:
-    """Median per-image time of a 128² input ×4 (examples/cups.png), two threads, block batch 4."""
-    torch.set_num_threads(2)
-    arr = np.asarray(Image.open("examples/cups.png").convert("RGB"), dtype=np.uint8).copy()
-    lr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-    up = load_upscaler(str(model), torch.device("cpu"))
-    opts = UpscaleOptions(scale=4, block_batch=4)
-    up.upscale(lr, opts)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        up.upscale(lr, opts)
-        times.append(time.perf_counter() - start)
-    torch.set_num_threads(1)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -78,7 +59,8 @@ def main() -> None:
         gain = round(result.gain_history[-1][1], 3) if result.gain_history else None
         row = {"shape": shape, "parameters": result.num_parameters, "seconds_per_step": round(per_step, 3),
                "steps": steps, "train_seconds": round(result.seconds), "val_gain_db": gain,
-               "image_seconds_128": round(image_seconds(result.model_path), 3)}
+               "image_seconds_128": round(median_seconds({shape: str(result.model_path)}, runs=5)[shape], 3)}
+        torch.set_num_threads(1)
         print(json.dumps(row), flush=True)
         rows.append(row)
     RESULTS.write_text(json.dumps({"machine": "AMD EPYC, 2 cores shared with one training job; one thread each",

@@ -19,21 +19,27 @@ from infdit_cli.pipeline import UpscaleOptions, load_upscaler
 from infdit_cli.weights import default_model_path
 
 
-def main(old: str, new: str) -> None:
-    torch.set_num_threads(2)
+def median_seconds(paths: dict[str, str], runs: int = 7, threads: int = 2) -> dict[str, float]:
+    """Median per-image time of each model file on examples/cups.png ×4 (block batch 4), after one
+    warm-up each, the models alternated run by run so a slow spell hits them alike."""
+    torch.set_num_threads(threads)
     arr = np.asarray(Image.open("examples/cups.png").convert("RGB"), dtype=np.uint8).copy()
     lr = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-    ups = {"old": load_upscaler(old, torch.device("cpu")), "new": load_upscaler(new, torch.device("cpu"))}
+    ups = {k: load_upscaler(p, torch.device("cpu")) for k, p in paths.items()}
     opts = UpscaleOptions(scale=4, block_batch=4)
     for u in ups.values():
         u.upscale(lr, opts)
     times: dict[str, list[float]] = {k: [] for k in ups}
-    for _ in range(7):
+    for _ in range(runs):
         for k, u in ups.items():
             start = time.perf_counter()
             u.upscale(lr, opts)
             times[k].append(time.perf_counter() - start)
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main(old: str, new: str) -> None:
+    med = median_seconds({"old": old, "new": new})
     print(f"old {med['old']:.3f} s, new {med['new']:.3f} s, new/old {med['new'] / med['old']:.3f}")
 
 

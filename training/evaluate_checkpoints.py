@@ -1,12 +1,14 @@
 """The model card's per-checkpoint table: `infdit eval`'s numbers for every kept checkpoint.
 
     python training/evaluate_checkpoints.py /work/train_run/out /work/wallpapers/val [--sigma 0.003 ...] \
-        [--degrade jpeg:75 ...] [--denoise 0.5]
+        [--degrade jpeg:75 ...] [--denoise 0.5] [--start-noise 0]
+    python training/evaluate_checkpoints.py MODEL.safetensors /work/wallpapers/val ...   # one model file
 
 Each checkpoint is scored on the validation images as `infdit eval FOLDER --max-side 384`
 does (HR shrunk to long side 384, LR = antialiased bicubic ÷4 in 8 bits, optionally degraded as
 `--degrade` does), with its own sampling (one Euler step), or at each --sigma given, and the
-denoise strength `auto` reads (or --denoise). Prints a markdown table.
+denoise strength `auto` reads (or --denoise), and the start's noise the model records (or
+--start-noise). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000, help="only checkpoints at multiples of this step")
     parser.add_argument("--degrade", action="append", help="jpeg:Q or noise:S (repeatable; 'none' = clean)")
     parser.add_argument("--denoise", type=float, help="strength for models with a denoise input (default: auto)")
+    parser.add_argument("--start-noise", type=float, help="the start's noise in units of σ (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| step | LR | σ | PSNR model | PSNR bicubic | Δ dB | SSIM model | SSIM bicubic | sharpness model | "
           "sharpness bicubic | grid model | grid bicubic |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for ckpt in sorted(args.run.glob("ckpt_*.safetensors")):
-        step = int(ckpt.stem.split("_")[1])
+    files = [args.run] if args.run.is_file() else sorted(args.run.glob("ckpt_*.safetensors"))
+    for ckpt in files:
+        step = int(ckpt.stem.split("_")[1]) if ckpt.stem.startswith("ckpt_") else 0
         if step % args.every:
             continue
         upscaler = load_upscaler(str(ckpt), torch.device("cpu"))
         for spec, sigma in itertools.product(args.degrade or ["none"], args.sigma or [None]):
             s = sigma or float(upscaler.defaults["sigma_max"])  # (sigma_min is unused by one step)
-            options = upscaler.options(UpscaleOptions(scale=4, sigma_max=s, sigma_min=s / 2))
+            options = upscaler.options(UpscaleOptions(scale=4, sigma_max=s, sigma_min=s / 2,
+                                                      start_noise=args.start_noise))
             degradation = None if spec == "none" else parse_degradation(spec)
             denoise = args.denoise if upscaler.config.denoise_cond else None
             m = evaluate(upscaler, args.folder, options, max_side=384, degradation=degradation,

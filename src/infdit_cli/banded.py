@@ -30,7 +30,7 @@ from infdit_cli.engine.bands import BandRunner, EdgeStore, HostPlan
 from infdit_cli.engine.measure import RssPeak
 from infdit_cli.engine.region import sample_region
 from infdit_cli.preprocess import upsample_lr_rows
-from infdit_cli.samplers import get_sampler
+from infdit_cli.samplers import get_sampler, uses_state
 
 
 def is_banded(plans: list[Any]) -> bool:
@@ -88,7 +88,7 @@ class BandedUpscale:
         if ckpt is None:
             edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, _edge_folder(host, scratch))
         else:
-            ckpt.require_disk(_checkpoint_bytes(plan, host, bs, ckpt.keeps_states(sampler)),
+            ckpt.require_disk(_checkpoint_bytes(plan, host, bs, uses_state(sampler)),
                               "finished bands, KV edges, a band's progress")
             edges = EdgeStore(plan.nfe, cfg, plan.grid[1], up.dtype, ckpt.folder / f"pass{index}-edges", keep=True)
         layout = {"bands (--max-host-memory)": f"{host.band_rows} of {host.rows} block rows"}

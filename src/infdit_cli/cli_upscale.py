@@ -531,7 +531,7 @@ def _host_note(plan: Any, checkpointed: bool = False) -> str:
     if host is None or not host.banded:
         return ""
     if checkpointed:
-        return f", out of core: bands of {host.band_rows} block rows, KV edges in the checkpoint"
+        return f", {host.label('the checkpoint')}"
     disk = f", {format_bytes(host.disk_bytes)} scratch disk" if host.disk_bytes else ""
     return f", {host.name}{disk}"
 

@@ -35,10 +35,9 @@ from torch import Tensor
 
 from infdit_cli.atomic import atomic_path, write_text_atomic
 from infdit_cli.errors import InfditError
-from infdit_cli.samplers import StepInfo
+from infdit_cli.samplers import StepInfo, sampler_id, uses_state
 from infdit_cli.units import format_bytes
 
-STATE_SAMPLERS = frozenset({"infdit_cli.samplers.heun:HeunEDM", "infdit_cli.samplers.euler:Euler"})
 FORMAT = 1
 
 # Given this rank's resumable positions, the largest one every rank has (identity for one process).
@@ -67,19 +66,6 @@ def model_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor_digest(t).encode())
     return h.hexdigest()
-
-
-def sampler_id(sampler: Any) -> str:
-    cls = type(sampler)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def uses_state(sampler: Any) -> bool:
-    """True when x alone is the sampler's state at a step start and a step's first call sees it."""
-    options = getattr(sampler, "options", None)
-    if getattr(options, "s_churn", 0.0) != 0.0:  # churn: the first call sees x + noise, not x
-        return False
-    return sampler_id(sampler) in STATE_SAMPLERS or getattr(sampler, "resumable_from_state", False) is True
 
 
 def _agree_alone(positions: list[int]) -> int:
@@ -144,11 +130,6 @@ class Checkpoint:
     def clear(self) -> None:
         """Forget the checkpoint (the image is written); other ranks' files go with the folder."""
         shutil.rmtree(self.folder, ignore_errors=True)
-
-    @staticmethod
-    def keeps_states(sampler: Any) -> bool:
-        """State mode (two saved states) for this sampler, else log mode (every denoiser output)."""
-        return uses_state(sampler)
 
     def require_disk(self, need: int, what: str) -> None:
         """Refuse, in one line, a run whose checkpoint would grow to `need` bytes in all (what is in the

@@ -55,9 +55,14 @@ class HostPlan:
 
     @property
     def name(self) -> str:
+        return self.label()
+
+    def label(self, edges_in: str | None = None) -> str:
+        """"in RAM", or the band height and where the KV edges live (`edges_in`: elsewhere than planned,
+        e.g. a checkpoint folder)."""
         if not self.banded:
             return "in RAM"
-        where = "scratch" if self.edges_on_disk else "RAM"
+        where = edges_in or ("scratch" if self.edges_on_disk else "RAM")
         return f"out of core: bands of {self.band_rows} block rows, KV edges in {where}"
 
 

@@ -12,6 +12,8 @@ from infdit_cli.samplers.base import (
     StepInfo,
     check_num_steps,
     churn_gamma,
+    sampler_id,
+    uses_state,
 )
 from infdit_cli.samplers.registry import (
     GROUP,
@@ -30,6 +32,8 @@ from infdit_cli.samplers.schedules import (
 )
 
 __all__ = [
+    "sampler_id",
+    "uses_state",
     "API_VERSION",
     "GROUP",
     "RELEASED",

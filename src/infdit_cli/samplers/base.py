@@ -213,3 +213,22 @@ class BaseSampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"
+
+
+# Built-in samplers whose state at a step start is x alone (resumable from a saved x; see `uses_state`).
+STATE_SAMPLERS = frozenset({"infdit_cli.samplers.heun:HeunEDM", "infdit_cli.samplers.euler:Euler"})
+
+
+def sampler_id(sampler: Any) -> str:
+    """The sampler's class as module:qualname (what identifies it in a checkpoint)."""
+    cls = type(sampler)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def uses_state(sampler: Any) -> bool:
+    """True when x alone is the sampler's state at a step start and a step's first call sees it, so a
+    saved x resumes it exactly (else its denoiser outputs must be replayed)."""
+    options = getattr(sampler, "options", None)
+    if getattr(options, "s_churn", 0.0) != 0.0:  # churn: the first call sees x + noise, not x
+        return False
+    return sampler_id(sampler) in STATE_SAMPLERS or getattr(sampler, "resumable_from_state", False) is True

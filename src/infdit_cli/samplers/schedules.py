@@ -34,8 +34,8 @@ class Sampling:
     rho: float = 7.0
     churn: float = 0.0
     # The start is bicubic(LR) + start_noise · σ_max · noise: 1 for diffusion sampling (the paper). A one-step
-    # model (trained at a tiny σ, one call) does best with 0: its single call then returns the mean of its
-    # outputs over that noise, without passing σ·noise through to the image (measured in its model card).
+    # model (trained at a tiny σ, one call) may record 0: its single call then starts from the bicubic image,
+    # so no σ·noise passes through to the output (the default model's card measures the trade).
     start_noise: float = 1.0
 
 

@@ -132,6 +132,21 @@ def test_grid_ratio_sees_block_edges_every_32_pixels():
     assert grid_ratio(blocky) > 10
 
 
+def test_seam_ratio_sees_a_models_block_edges_not_the_lr_pixel_pattern():
+    """Nearest ×4 of a smooth image steps at every 4th column; only an extra step where the blocks of a model
+    with a block offset meet (columns 16, 48, 80: 32k − 4·4) raises the seam ratio."""
+    from infdit_cli.config import preset
+    from infdit_cli.evaluate import block_seams, seam_ratio
+
+    lr = torch.arange(24.0).expand(1, 3, 24, 24) + torch.arange(24.0)[:, None]
+    nearest = lr.repeat_interleave(4, -1).repeat_interleave(4, -2)
+    seams = block_seams(preset("tiny", block_size=32, block_offset=4))
+    assert seams == (32, 16) and block_seams(None) == (32, 0)
+    assert math.isclose(seam_ratio(nearest, *seams), 1.0)
+    seamed = nearest + 5 * ((torch.arange(96) + 16) // 32).float()
+    assert seam_ratio(seamed, *seams) > 3 and seam_ratio(seamed, 32, 0) < 1  # at the JPEG grid: no seams
+
+
 class StrengthEcho(NearestPlus):
     """A stand-in with a denoise input: records the strength each image was given."""
 

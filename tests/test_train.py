@@ -318,3 +318,33 @@ def test_init_from_rejects_another_architecture(tmp_path):
     with pytest.raises(TrainError, match="does not fit"):
         train(one_step_config(tmp_path / "x", steps=1, init_from=str(other.model_path),
                               overrides={**SMALL_BLOCKS, "hidden_size": 32}))
+
+
+def test_a_block_offset_model_trains_on_pairs_cut_at_its_offset(tmp_path):
+    """Crops are drawn one block larger and cut 4 LR pixels in; the run records the offset in its model."""
+    cfg = one_step_config(tmp_path, steps=2, degrade=True, overrides={**SMALL_BLOCKS, "block_offset": 4})
+    result = train(cfg)
+    assert len(result.losses) == 2 and all(math.isfinite(x) for x in result.losses)
+    assert read_config(result.model_path)[0].block_offset == 4
+
+
+def test_seam_error_sees_steps_across_block_edges_only():
+    from infdit_cli.train.objective import seam_error
+
+    flat = torch.zeros(2, 3, 96, 96)
+    ramp = flat + torch.arange(96.0) + torch.arange(96.0)[:, None]  # the same step everywhere, none extra at edges
+    assert torch.allclose(seam_error(ramp, 32), torch.ones(2))
+    seamed = flat.clone()
+    seamed[1, :, :, 32:] += 0.5  # sample 1 steps at column 32 (one of the 4 edge lines: columns and rows 32, 64)
+    assert torch.equal(seam_error(seamed, 32), torch.tensor([0.0, 0.25 / 4]))
+    inside = flat.clone()
+    inside[..., 40:] += 0.5  # a step inside blocks is the plain loss's business
+    assert torch.equal(seam_error(inside, 32), torch.zeros(2))
+
+
+def test_seam_weight_adds_the_edge_term_to_the_loss(tmp_path):
+    plain = train(one_step_config(tmp_path / "a", steps=1))
+    seams = train(one_step_config(tmp_path / "b", steps=1, seam_weight=5.0))
+    assert seams.losses[0] > plain.losses[0]  # the same step, the same draws: the extra term alone differs
+    with pytest.raises(TrainError, match="seam weight"):
+        train(one_step_config(tmp_path / "c", steps=1, seam_weight=-1.0))

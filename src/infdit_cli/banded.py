@@ -82,7 +82,7 @@ class BandedUpscale:
         host = plan.host or HostPlan(plan.grid[0], plan.grid[0], 0, 0, False)
         inputs = up.pass_inputs(image01, plan, options, index)
         sampler = get_sampler(options.sampler, up._sampler_options(options))
-        sigmas, seed, (h, w) = inputs.sigmas, inputs.seed, inputs.crop
+        sigmas, seed, (h, w), lead = inputs.sigmas, inputs.seed, inputs.crop, inputs.lead
         scratch = Path(options.scratch) if options.scratch else None
         ckpt = self.checkpoint
         if ckpt is None:
@@ -106,9 +106,10 @@ class BandedUpscale:
                     edges.flush()
                     ckpt.drop_progress(f"{index}-band{band}")
                 _merge(stats, runner.stats, host)
-                rows = min(r1 * bs, h) - r0 * bs
-                if rows > 0:
-                    yield ((out[..., :rows, :w] + 1) / 2).clamp(0, 1).cpu()
+                top, bottom = max(r0 * bs, lead), min(r1 * bs, lead + h)  # the real image's rows in this band
+                if bottom > top:
+                    band_rows = out[..., top - r0 * bs: bottom - r0 * bs, lead: lead + w]
+                    yield ((band_rows + 1) / 2).clamp(0, 1).cpu()
         finally:
             edges.close()
 

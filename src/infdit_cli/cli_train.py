@@ -120,6 +120,8 @@ def train_command(
         help="Real-world LR degradations (blur, resize kernels, noise, JPEG 30-95), each LR labelled with "
              "its strength (give the model a strength input with --set denoise_cond=true).")] = False,
     p_clean: Annotated[float, typer.Option(help="With --degrade: share of LRs left clean.")] = 0.3,
+    seam_weight: Annotated[float, typer.Option(
+        help="Weight of the error of the step across the model's block edges (0: plain loss).")] = 0.0,
     loss: Annotated[str, typer.Option(help="l2 (EDM's weighted MSE) or charbonnier (L1-like).")] = "l2",
     init_from: Annotated[Path | None, typer.Option(
         help="Start from this model file's weights (new inputs keep their init).", show_default="none")] = None,
@@ -148,7 +150,8 @@ def train_command(
         objective=objective.value, sigma=sigma, p_mean=p_mean, p_std=p_std, sample_sigma=sample_sigma,
         init=init.value, p_resize=p_resize, val_every=val_every, save_every=save_every, val_images=val_images,
         val_data=str(val_data) if val_data else None, resume=resume, seed=seed, device=str(dev), bf16=bf16,
-        degrade=degrade, p_clean=p_clean, loss=loss, init_from=str(init_from) if init_from else None, clip=clip,
+        degrade=degrade, p_clean=p_clean, seam_weight=seam_weight, loss=loss,
+        init_from=str(init_from) if init_from else None, clip=clip,
     )
     try:
         mc = config.model_config()
@@ -254,14 +257,15 @@ def eval_command(
         return
     title = "model vs bicubic" + (f", LR {degradation.label}" if degradation else "")
     table = Table("image", "PSNR", "bicubic", "SSIM", "bicubic", "sharpness", "bicubic", "grid", "bicubic",
-                  title=title)
-    keys = ("psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "sharpness", "sharpness_bicubic", "grid", "grid_bicubic")
+                  "seams", "bicubic", title=title)
+    keys = ("psnr", "psnr_bicubic", "ssim", "ssim_bicubic", "sharpness", "sharpness_bicubic", "grid", "grid_bicubic",
+            "seams", "seams_bicubic")
     rows = [(s.name, *(getattr(s, k) for k in keys)) for s in report.images]
     m = report.mean()
     rows.append(("mean", *(m[k] for k in keys)))
     for name, *v in rows:
         table.add_row(name, f"{v[0]:.2f}", f"{v[1]:.2f}", f"{v[2]:.4f}", f"{v[3]:.4f}", f"{v[4]:.3f}", f"{v[5]:.3f}",
-                      f"{v[6]:.3f}", f"{v[7]:.3f}")
+                      f"{v[6]:.3f}", f"{v[7]:.3f}", f"{v[8]:.3f}", f"{v[9]:.3f}")
     out.print(table)
 
 

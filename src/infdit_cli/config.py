@@ -35,6 +35,11 @@ class ModelConfig:
     # A degradation-strength input (0 = clean LR, keep every detail; 1 = heavy JPEG/noise, remove it),
     # carried as one extra element after the CLIP vector. Not in the released model.
     denoise_cond: bool = False
+    # LR pixels between the image's top-left corner and the block grid's (the image is padded by this
+    # much at the top and left). JPEG's 8×8 blocks start at the image's corner; with 32-px blocks ×4
+    # (8 LR px) an offset of 4 puts every JPEG block edge mid-block, where attention sees both sides,
+    # instead of on a block edge, where it sees only one. Part of how a model was trained.
+    block_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -45,6 +50,8 @@ class ModelConfig:
             raise ValueError("block_size must be a multiple of sr_scale * lr_patch_size")
         if self.block_size % self.patch_size:
             raise ValueError("block_size must be a multiple of patch_size")
+        if not 0 <= self.block_offset < self.block_size // self.sr_scale:
+            raise ValueError(f"block_offset must be within 0..{self.block_size // self.sr_scale - 1} LR pixels")
 
     @property
     def head_dim(self) -> int:

@@ -8,7 +8,9 @@ upscaled by the model and by bicubic and compared with the HR in [0, 255] with a
 shaved. The sharpness ratio (mean |∇| of the output / of the HR) makes "as sharp as the original"
 measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better. The grid
 ratio (mean step across every 32nd output pixel / mean step elsewhere) shows JPEG's 8-px LR blocks
-sharpened into a grid: about 1 for a natural image, higher where block edges show.
+sharpened into a grid: about 1 for a natural image, higher where block edges show. The seam ratio
+(the step across the model's own block edges over the step across the other LR-pixel edges) shows
+where the model's blocks meet: compared with bicubic's at the same place, it is the model's seams alone.
 
 `degradation` (`jpeg:75`: the LR written as a real JPEG file and read back; `noise:5`: Gaussian
 noise of σ 5 levels) scores degraded inputs; models with a denoise input get the strength `auto`
@@ -65,6 +67,8 @@ class ImageScore:
     seconds: float = 0.0
     grid: float = math.nan  # step across every 32nd output pixel / step elsewhere (JPEG blocks ×4)
     grid_bicubic: float = math.nan
+    seams: float = math.nan  # step across the model's own block edges / across the other LR-pixel edges
+    seams_bicubic: float = math.nan
     denoise: float | None = None  # the strength the model was given (models with a denoise input)
 
 
@@ -148,6 +152,30 @@ def grid_ratio(x: Tensor, period: int = GRID_PERIOD) -> float:
     if on.numel() == 0 or off.mean() == 0:
         return math.nan
     return (on.mean() / off.mean()).item()
+
+
+def seam_ratio(x: Tensor, period: int, phase: int, scale: int = SCALE) -> float:
+    """Mean |step| across output columns and rows j ≡ phase (mod period), where a model's blocks meet, over
+    the mean |step| across the other LR-pixel edges (j ≡ 0 mod scale): every ×scale upscale, bicubic
+    included, steps most at LR-pixel edges, and comparing like with like cancels that out. 1: no seams."""
+    x = x.double()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # the step into column j = index + 1
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    steps = torch.cat([dx, dy])
+    j = torch.cat([torch.arange(1, dx.numel() + 1), torch.arange(1, dy.numel() + 1)])
+    on = j % period == phase % period
+    lr_edge = (j % scale == 0) & ~on
+    if not on.any() or not lr_edge.any() or steps[lr_edge].mean() == 0:
+        return math.nan
+    return (steps[on].mean() / steps[lr_edge].mean()).item()
+
+
+def block_seams(config: Any) -> tuple[int, int]:
+    """(period, phase) of the output columns where a model's blocks meet: every block_size pixels, moved by
+    the model's block offset (×4); JPEG's grid (32, 0) for anything without a config."""
+    if config is None:
+        return GRID_PERIOD, 0
+    return config.block_size, -getattr(config, "block_offset", 0) * SCALE % config.block_size
 
 
 def gradient_energy(x: Tensor) -> float:
@@ -269,11 +297,14 @@ def bicubic_upscale(lr: Tensor) -> Tensor:
     return bicubic_resize(lr, (h * SCALE, w * SCALE)).clamp(0, 1)
 
 
-def score_image(name: str, hr: Tensor, sr: Tensor, bic: Tensor, seconds: float = 0.0) -> ImageScore:
+def score_image(name: str, hr: Tensor, sr: Tensor, bic: Tensor, seconds: float = 0.0,
+                seams: tuple[int, int] = (GRID_PERIOD, 0)) -> ImageScore:
+    """Every measure of one output; `seams` is where the model's blocks meet (`block_seams`)."""
     t, s, b = (shave(quantise(x)) for x in (hr, sr, bic))
     q_sr, q_bic = quantise(sr), quantise(bic)  # unshaved: the grid is anchored at the image origin
     return ImageScore(name, (hr.shape[-1], hr.shape[-2]), psnr(s, t), ssim(s, t), psnr(b, t), ssim(b, t),
-                      sharpness_ratio(s, t), sharpness_ratio(b, t), seconds, grid_ratio(q_sr), grid_ratio(q_bic))
+                      sharpness_ratio(s, t), sharpness_ratio(b, t), seconds, grid_ratio(q_sr), grid_ratio(q_bic),
+                      seam_ratio(q_sr, *seams), seam_ratio(q_bic, *seams))
 
 
 def degrade_input(lr: Tensor, degradation: EvalDegradation, seed: int = 0) -> tuple[Tensor, float]:
@@ -324,7 +355,8 @@ def evaluate(
         image_options = replace(options, denoise=strength) if hasattr(options, "denoise") else options
         start = time.perf_counter()
         sr = upscaler.upscale(lr, image_options).image.float().cpu()
-        score = score_image(sample.name, hr, sr, bicubic_upscale(lr), time.perf_counter() - start)
+        score = score_image(sample.name, hr, sr, bicubic_upscale(lr), time.perf_counter() - start,
+                            block_seams(getattr(upscaler, "config", None)))
         if getattr(getattr(upscaler, "config", None), "denoise_cond", False):
             score.denoise = strength
         report.images.append(score)

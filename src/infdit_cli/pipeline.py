@@ -38,7 +38,7 @@ from infdit_cli.engine.region import SampleHook, sample_region
 from infdit_cli.errors import InfditError
 from infdit_cli.model import InfDiT
 from infdit_cli.model.network import conditioning_vector
-from infdit_cli.preprocess import bicubic_resize, pad_to_multiple, upsample_lr
+from infdit_cli.preprocess import bicubic_resize, crop, pad_to_multiple, upsample_lr
 from infdit_cli.samplers import RELEASED, SamplerOptions, Sampling, get_sampler, karras_sigmas
 
 SUPPORTED_SCALES = (2, 4, 8, 16)
@@ -136,6 +136,7 @@ class PassInputs:
     sigmas: Tensor  # the schedule, on the host (the sampler reads its values and moves it beside x)
     seed: int  # the pass's noise seed (block noise is drawn from (seed, step, block row, block column))
     crop: tuple[int, int]  # (h, w) of the real image inside the padded output
+    lead: int  # output pixels of padding above and left of the real image (the model's block_offset × factor)
     index: int  # pass number (×8 and ×16 run two)
 
     @functools.cached_property
@@ -246,7 +247,8 @@ class Upscaler:
         plans, (h, w) = [], lr_size
         bs = self.config.block_size
         for factor in PASSES[options.scale]:
-            grid = (math.ceil(h * factor / bs), math.ceil(w * factor / bs))
+            lead = self.config.block_offset  # LR pixels of padding above and left of the image
+            grid = (math.ceil((h + lead) * factor / bs), math.ceil((w + lead) * factor / bs))
             memory = plan_placement(self.config, grid, self.dtype, self.device.type,
                                     budget_bytes(self.device, options.max_memory), self.model.num_parameters(),
                                     block_batch=options.block_batch, state=options.state, speed=speed)
@@ -322,7 +324,7 @@ class Upscaler:
         f, cfg = plan.factor, self.config
         dev = self.state_device(plan)
         lr = image01.to(dev) * 2 - 1
-        lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f)
+        lr_pad, (h, w) = pad_to_multiple(lr, cfg.block_size // f, cfg.block_offset)
         if f == cfg.sr_scale:
             model_lr, clip_lr = lr_pad, lr
         else:  # ×2 with the ×4 model: CLIP and cross attention see the LR at half size
@@ -334,7 +336,7 @@ class Upscaler:
         with working_on(torch.device("cpu")):  # the schedule is a host fact
             sigmas = karras_sigmas(options.steps, options.sigma_min, options.sigma_max, options.rho)
         return PassInputs(lr_pad, f, model_lr.to(self.dtype) if cfg.cross_lr else None, vector, sigmas,
-                          options.seed + 1_000_003 * index, (h * f, w * f), index)
+                          options.seed + 1_000_003 * index, (h * f, w * f), cfg.block_offset * f, index)
 
     def state_device(self, plan: PassPlan) -> torch.device:
         """Where this pass's image-sized sampler state lives."""
@@ -362,8 +364,7 @@ class Upscaler:
                 out = split.join(out, plan, last)
             if out is None:
                 return None, runner.stats
-            h, w = inputs.crop
-            return ((out[..., :h, :w] + 1) / 2).clamp(0, 1), runner.stats
+            return ((crop(out, *inputs.crop, inputs.lead) + 1) / 2).clamp(0, 1), runner.stats
 
 
 def load_upscaler(

@@ -80,27 +80,36 @@ def upscale_alpha(alpha: np.ndarray | Tensor, scale: int) -> np.ndarray | Tensor
     return y if is_tensor else y.numpy()
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad [B, C, H, W] at the bottom and right up to multiples of `multiple`; returns it and the original (h, w).
+def pad_to_multiple(x: Tensor, multiple: int, lead: int = 0) -> tuple[Tensor, tuple[int, int]]:
+    """Pad [B, C, H, W] by `lead` pixels at the top and left, then at the bottom and right up to multiples
+    of `multiple`; returns it and the original (h, w).
 
     Reflection keeps the statistics of the image's edge (no flat band for the model to invent
     detail in); where the image is too small to reflect (pad >= side), the edge is replicated.
-    Crop the result with `crop(y, h * scale, w * scale)`: the output is exactly W·s × H·s, never
-    centre-cropped.
+    Crop the result with `crop(y, h * scale, w * scale, lead * scale)`: the output is exactly
+    W·s × H·s, never centre-cropped.
     """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    if multiple < 1 or lead < 0:
+        raise ValueError(f"multiple must be >= 1 and lead >= 0, got {multiple} and {lead}")
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_w:
-        x = F.pad(x, (0, pad_w, 0, 0), mode="reflect" if pad_w < w else "replicate")
-    if pad_h:
-        x = F.pad(x, (0, 0, 0, pad_h), mode="reflect" if pad_h < h else "replicate")
+    x = _pad_edge(x, -1, lead, -(w + lead) % multiple)
+    x = _pad_edge(x, -2, lead, -(h + lead) % multiple)
     return x, (h, w)
 
 
-def crop(x: Tensor, h: int, w: int) -> Tensor:
-    """The top-left h × w of [..., H, W]: undoes `pad_to_multiple` (after scaling h and w)."""
-    if x.shape[-2] < h or x.shape[-1] < w:
-        raise ValueError(f"cannot crop {list(x.shape[-2:])} to [{h}, {w}]")
-    return x[..., :h, :w]
+def _pad_edge(x: Tensor, dim: int, before: int, after: int) -> Tensor:
+    """Pad the last (dim -1) or second-last (dim -2) axis, each side reflected where it can be."""
+    for amount, at_start in ((before, True), (after, False)):
+        if amount:
+            side = (amount, 0) if at_start else (0, amount)
+            pad = side + (0, 0) if dim == -1 else (0, 0) + side
+            x = F.pad(x, pad, mode="reflect" if amount < x.shape[dim] else "replicate")
+    return x
+
+
+def crop(x: Tensor, h: int, w: int, lead: int = 0) -> Tensor:
+    """The h × w starting `lead` pixels in from the top-left of [..., H, W]: undoes `pad_to_multiple`
+    (after scaling h, w and lead)."""
+    if x.shape[-2] < lead + h or x.shape[-1] < lead + w:
+        raise ValueError(f"cannot crop {list(x.shape[-2:])} to [{h}, {w}] at {lead}")
+    return x[..., lead: lead + h, lead: lead + w]

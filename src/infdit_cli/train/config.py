@@ -40,6 +40,7 @@ class TrainConfig:
     degrade: bool = False  # real-world degradations of the LR (`degrade.Recipe`), labelled with their strength
     p_clean: float = 0.3  # with `degrade`: share of LRs left clean (strength 0)
     loss: str = "l2"  # "l2" (EDM's λ-weighted MSE) or "charbonnier" (the same in the network's output units, L1-like)
+    seam_weight: float = 0.0  # weight of the step error across block edges (`objective.seam_error`); 0: plain loss
     init_from: str | None = None  # a model file to start from (fields the file lacks keep their init)
     val_every: int = 100
     val_images: int = 2

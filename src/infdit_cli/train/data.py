@@ -97,6 +97,17 @@ def make_training_lr(hr: Tensor, scale: int, gen: torch.Generator, recipe: Recip
     return torch.cat([lr for lr, _ in pairs]), torch.tensor([s for _, s in pairs])
 
 
+def offset_cut(hr: Tensor, lr: Tensor, crop: int, offset: int, scale: int) -> tuple[Tensor, Tensor]:
+    """The training pair of a model with `block_offset`: HR crops are drawn (and degraded) one block larger,
+    then cut `offset` LR pixels in, so the LR's JPEG block grid lies where it will at inference.
+    """
+    if not offset:
+        return hr, lr
+    c = crop // scale
+    return hr[..., offset * scale: offset * scale + crop, offset * scale: offset * scale + crop], \
+        lr[..., offset: offset + c, offset: offset + c]
+
+
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """The generator for every random draw of one step: depends only on (seed, step)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4 + stream)

@@ -26,6 +26,7 @@ from infdit_cli.train.data import (
     CropSource,
     _rand_int,
     make_training_lr,
+    offset_cut,
     random_crop,
     split_files,
     step_generator,
@@ -63,6 +64,8 @@ def _validate_config(config: TrainConfig, mc: ModelConfig) -> None:
         raise TrainError(f"unknown init {config.init!r}; choose dit or random")
     if config.loss not in LOSSES:
         raise TrainError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+    if not config.seam_weight >= 0:
+        raise TrainError(f"seam weight must be ≥ 0 (got {config.seam_weight})")
     if not 0 <= config.p_clean <= 1:
         raise TrainError("--p-clean must be within 0..1")
 
@@ -104,7 +107,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None) -> Trai
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     train_files, val_files = split_files(config)
-    source = CropSource(train_files, config.crop)
+    source = CropSource(train_files, config.crop + (mc.block_size if mc.block_offset else 0))
     val_crops = validation_crops(val_files, config.crop)
     vector_fn = _clip_vector_fn(config, mc, device)
 
@@ -176,6 +179,7 @@ def _train_step(
     hr = torch.stack([random_crop(source, gen, config.p_resize, config.hflip) for _ in range(config.batch_size)])
     recipe = Recipe(p_clean=config.p_clean) if config.degrade else None
     lr, strength = make_training_lr(hr, mc.sr_scale, gen, recipe)
+    hr, lr = offset_cut(hr, lr, config.crop, mc.block_offset, mc.sr_scale)
     span = mc.rope_table - config.crop // mc.patch_size
     offset = (_rand_int(gen, span), _rand_int(gen, span))
     sigma = (torch.randn(config.batch_size, generator=gen) * config.p_std + config.p_mean).exp()
@@ -184,7 +188,8 @@ def _train_step(
     noise = torch.randn(hr.shape, generator=gen)
     hr, lr, sigma, noise = hr.to(device), lr.to(device), sigma.to(device), noise.to(device)
     vector = conditioning_vector(mc, vector_fn(lr) if vector_fn else None, strength.to(device))
-    loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective, config.loss).mean()
+    loss = edm_loss(model, hr, lr, sigma, noise, vector, offset, bf16, config.objective, config.loss,
+                    config.seam_weight).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:

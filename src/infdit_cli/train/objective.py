@@ -40,7 +40,7 @@ def denoise(
 def edm_loss(
     model: InfDiT, hr: Tensor, lr: Tensor, sigma: Tensor, noise: Tensor,
     vector: Tensor | None = None, token_offset: tuple[int, int] = (0, 0), bf16: bool = False,
-    objective: str = "edm", loss: str = "l2",
+    objective: str = "edm", loss: str = "l2", seam_weight: float = 0.0,
 ) -> Tensor:
     """Per-sample λ(σ)·mean‖D(x; σ) − hr‖² with x = hr + σn ("edm") or bicubic(lr) + σn ("one-step").
 
@@ -48,16 +48,31 @@ def edm_loss(
     call at a tiny σ from the bicubic start, so the network learns the residual HR − bicubic.
     `loss="charbonnier"`: mean √((D − hr)² + ε²)·√λ, the same error in the network's output units
     but L1-like (less pulled to the mean by hard textures).
+    `seam_weight` adds that weight × the mean squared error of the step across every edge where the
+    model's blocks meet (`seam_error`), the same λ: seams cost almost no PSNR, so plain MSE leaves them.
     """
     sd = model.config.sigma_data
     start = hr if objective == "edm" else upsample_lr(lr, model.config.sr_scale)
     x = start + sigma.view(-1, 1, 1, 1) * noise
     denoised = denoise(model, x, lr, sigma, vector, token_offset, bf16)
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    seams = seam_weight * weight * seam_error(denoised - hr, model.config.block_size) if seam_weight else 0.0
     if loss == "charbonnier":
         err = ((denoised - hr).square() + CHARBONNIER_EPS**2).sqrt().mean(dim=(1, 2, 3))
-        return weight.sqrt() * err
-    return weight * (denoised - hr).square().mean(dim=(1, 2, 3))
+        return weight.sqrt() * err + seams
+    return weight * (denoised - hr).square().mean(dim=(1, 2, 3)) + seams
+
+
+def seam_error(err: Tensor, block_size: int) -> Tensor:
+    """Per sample, the mean square of err's step across the block edges inside the crop (columns and rows
+    k·block_size, k ≥ 1): zero where the output steps across an edge exactly as the HR does."""
+    h, w = err.shape[-2:]
+    cols = torch.arange(block_size, w, block_size, device=err.device)
+    rows = torch.arange(block_size, h, block_size, device=err.device)
+    if not len(cols) and not len(rows):
+        return err.new_zeros(err.shape[0])
+    steps = [err[..., :, cols] - err[..., :, cols - 1], (err[..., rows, :] - err[..., rows - 1, :]).transpose(-1, -2)]
+    return torch.cat([s.flatten(1) for s in steps], dim=1).square().mean(dim=1)
 
 
 def psnr_gain(model: InfDiT, crops: Tensor, sigma: float, seed: int = 0,

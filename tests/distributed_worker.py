@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -53,6 +54,13 @@ def split_cases(steps: int = 2) -> dict[str, dict[str, object]]:
                             "strips": [[s.cols.start, s.cols.stop] for s in strips], "n": n_used,
                             "bytes_sent": split.link_stats[-1].bytes_sent,
                             "band_bytes": split.band_bytes[-1]}
+        # A model whose block grid starts 4 LR pixels in: the strips cover the padded grid, rank 0 crops.
+        offset_up = Upscaler(InfDiT(replace(TINY, block_offset=4)).init_random(3).eval())
+        image = torch.rand(1, 3, 21, 53, generator=torch.Generator().manual_seed(7))
+        options = UpscaleOptions(steps=steps, block_batch=2, seed=4)
+        got = SplitUpscale(offset_up, ranks).upscale(image, options, offset_up.plan((21, 53), options)).image
+        single = offset_up.upscale(image, options).image
+        report["block offset"] = got is None or torch.equal(got, single)
         # A rank that read other pixels (an input that differs between nodes) is caught before any exchange.
         options = UpscaleOptions(steps=1, block_batch=1)
         image = torch.full((1, 3, 8, 40), 0.1 * (ranks.rank + 1))

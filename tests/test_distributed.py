@@ -123,8 +123,10 @@ def test_split_image_equals_single_process_bit_for_bit():
     assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
     cases = json.loads(results[0][1])["cases"]
     assert "read different pixels" in cases.pop("different pixels")
+    assert cases.pop("block offset") is True
     for _, out, _ in results[1:]:  # the finished image goes to rank 0 only
-        assert all(c["shape"] is None for k, c in json.loads(out)["cases"].items() if k != "different pixels")
+        assert all(c["shape"] is None for k, c in json.loads(out)["cases"].items()
+                   if k not in ("different pixels", "block offset"))
     expected_strips = {"1x5": [[0, 2], [2, 4], [4, 5]], "3x4": [[0, 2], [2, 3], [3, 4]],
                        "ragged 3x7 n=2, cropped": [[0, 4], [4, 6], [6, 7]]}
     per_block_column = TINY.num_layers * 2 * TINY.block_tokens**2 * TINY.hidden_size * 4  # K and V, float32

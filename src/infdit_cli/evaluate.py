@@ -9,8 +9,9 @@ shaved. The sharpness ratio (mean |∇| of the output / of the HR) makes "as sha
 measurable: PSNR rewards blur, so it is read beside PSNR, and closer to 1 is better. The grid
 ratio (mean step across every 32nd output pixel / mean step elsewhere) shows JPEG's 8-px LR blocks
 sharpened into a grid: about 1 for a natural image, higher where block edges show. The seam ratio
-(the step across the model's own block edges over the step across the other LR-pixel edges) shows
-where the model's blocks meet: compared with bicubic's at the same place, it is the model's seams alone.
+(the step across the model's own block edges over the step across the other LR-pixel edges, JPEG's
+block edges left out) shows where the model's blocks meet: compared with bicubic's at the same place,
+it is the model's seams alone.
 
 `degradation` (`jpeg:75`: the LR written as a real JPEG file and read back; `noise:5`: Gaussian
 noise of σ 5 levels) scores degraded inputs; models with a denoise input get the strength `auto`
@@ -156,15 +157,16 @@ def grid_ratio(x: Tensor, period: int = GRID_PERIOD) -> float:
 
 def seam_ratio(x: Tensor, period: int, phase: int, scale: int = SCALE) -> float:
     """Mean |step| across output columns and rows j ≡ phase (mod period), where a model's blocks meet, over
-    the mean |step| across the other LR-pixel edges (j ≡ 0 mod scale): every ×scale upscale, bicubic
-    included, steps most at LR-pixel edges, and comparing like with like cancels that out. 1: no seams."""
+    the mean |step| across the other LR-pixel edges (j ≡ 0 mod scale) that are not JPEG block edges either
+    (j ≡ 0 mod 32): every ×scale upscale, bicubic included, steps most at LR-pixel edges, and a JPEG's
+    block edges step more still (or less, once deblocked), so like is compared with like. 1: no seams."""
     x = x.double()
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # the step into column j = index + 1
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
     steps = torch.cat([dx, dy])
     j = torch.cat([torch.arange(1, dx.numel() + 1), torch.arange(1, dy.numel() + 1)])
     on = j % period == phase % period
-    lr_edge = (j % scale == 0) & ~on
+    lr_edge = (j % scale == 0) & ~on & (j % GRID_PERIOD != 0)
     if not on.any() or not lr_edge.any() or steps[lr_edge].mean() == 0:
         return math.nan
     return (steps[on].mean() / steps[lr_edge].mean()).item()

@@ -1,7 +1,8 @@
 """One upscale end to end, as a function a Python user can call (the CLI is a thin shell over it).
 
-LR pixels in [0, 1] -> pad to whole blocks (reflect) -> CLIP embedding (+ prompt edit) ->
-bicubic LR + per-block noise -> sampler over the EDM denoiser, streamed block groups -> crop.
+LR pixels in [0, 1] -> pad to whole blocks (reflect; the model's block offset above and left) ->
+CLIP embedding (+ prompt edit) -> bicubic LR + per-block noise -> sampler over the EDM denoiser,
+streamed block groups -> crop.
 ×2 runs the ×4 model with a half-size LR for CLIP and cross attention (as released); ×8 and
 ×16 are repeated passes.
 """

@@ -141,18 +141,22 @@ def sharpness_ratio(output: Tensor, truth: Tensor) -> float:
 GRID_PERIOD = 32  # an 8-px JPEG block of the LR, ×4
 
 
+def _edge_steps(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean |step| into every column, then every row, of [B, C, H, W], and each one's index j (the step
+    between pixels j − 1 and j)."""
+    x = x.double()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
+    return torch.cat([dx, dy]), torch.cat([torch.arange(1, dx.numel() + 1), torch.arange(1, dy.numel() + 1)])
+
+
 def grid_ratio(x: Tensor, period: int = GRID_PERIOD) -> float:
     """Mean |step| between pixels k·period−1 and k·period (columns and rows) over the mean |step| elsewhere."""
-    x = x.double()
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # step before column j+1
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
-    on_x = torch.arange(1, dx.numel() + 1) % period == 0
-    on_y = torch.arange(1, dy.numel() + 1) % period == 0
-    on = torch.cat([dx[on_x], dy[on_y]])
-    off = torch.cat([dx[~on_x], dy[~on_y]])
-    if on.numel() == 0 or off.mean() == 0:
+    steps, j = _edge_steps(x)
+    on = j % period == 0
+    if not on.any() or steps[~on].mean() == 0:
         return math.nan
-    return (on.mean() / off.mean()).item()
+    return (steps[on].mean() / steps[~on].mean()).item()
 
 
 def seam_ratio(x: Tensor, period: int, phase: int, scale: int = SCALE) -> float:
@@ -160,11 +164,7 @@ def seam_ratio(x: Tensor, period: int, phase: int, scale: int = SCALE) -> float:
     the mean |step| across the other LR-pixel edges (j ≡ 0 mod scale) that are not JPEG block edges either
     (j ≡ 0 mod 32): every ×scale upscale, bicubic included, steps most at LR-pixel edges, and a JPEG's
     block edges step more still (or less, once deblocked), so like is compared with like. 1: no seams."""
-    x = x.double()
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(0, 1, 2))  # the step into column j = index + 1
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(0, 1, 3))
-    steps = torch.cat([dx, dy])
-    j = torch.cat([torch.arange(1, dx.numel() + 1), torch.arange(1, dy.numel() + 1)])
+    steps, j = _edge_steps(x)
     on = j % period == phase % period
     lr_edge = (j % scale == 0) & ~on & (j % GRID_PERIOD != 0)
     if not on.any() or not lr_edge.any() or steps[lr_edge].mean() == 0:
@@ -177,7 +177,7 @@ def block_seams(config: Any) -> tuple[int, int]:
     the model's block offset (×4); JPEG's grid (32, 0) for anything without a config."""
     if config is None:
         return GRID_PERIOD, 0
-    return config.block_size, -getattr(config, "block_offset", 0) * SCALE % config.block_size
+    return config.block_size, -config.block_offset * SCALE % config.block_size
 
 
 def gradient_energy(x: Tensor) -> float:

@@ -246,9 +246,8 @@ class Upscaler:
         options.validate()
         sampler = get_sampler(options.sampler, self._sampler_options(options))
         plans, (h, w) = [], lr_size
-        bs = self.config.block_size
+        bs, lead = self.config.block_size, self.config.block_offset  # lead: LR pixels padded above and left
         for factor in PASSES[options.scale]:
-            lead = self.config.block_offset  # LR pixels of padding above and left of the image
             grid = (math.ceil((h + lead) * factor / bs), math.ceil((w + lead) * factor / bs))
             memory = plan_placement(self.config, grid, self.dtype, self.device.type,
                                     budget_bytes(self.device, options.max_memory), self.model.num_parameters(),

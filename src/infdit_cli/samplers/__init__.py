@@ -32,8 +32,6 @@ from infdit_cli.samplers.schedules import (
 )
 
 __all__ = [
-    "sampler_id",
-    "uses_state",
     "API_VERSION",
     "GROUP",
     "RELEASED",
@@ -55,5 +53,7 @@ __all__ = [
     "get_sampler",
     "karras_sigmas",
     "refresh_samplers",
+    "sampler_id",
     "sampler_names",
+    "uses_state",
 ]
